@@ -1,0 +1,247 @@
+"""The catalog model: frozen, validated attrs values and nothing else (no I/O).
+
+Vocabulary (DESIGN): a *cluster* has a *locality* (`region/zone`); a *service* is
+`name.namespace` with ports and a protocol; an *endpoint* is one instance of a service in
+one cluster and locality; an *export* lets named peers (or `*`) consume a service; a *peer*
+is a remote cluster this one has linked; a *catalog* is the immutable snapshot, at a
+revision, of all of these.
+
+Names follow DNS-1123 labels (lower-case alphanumerics and `-`, at most 63 characters,
+starting and ending with an alphanumeric), as Kubernetes requires of namespaces and
+services. Validation errors are `ValidationError` whose message names the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from registry.errors import ValidationError
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+PROTOCOLS = ("http", "http2", "grpc", "tcp")
+ANY_PEER = "*"
+
+
+def check_label(field: str, value: object) -> str:
+    """Return `value` if it is a DNS-1123 label, else raise naming `field`."""
+    if not isinstance(value, str) or not DNS1123_LABEL.match(value):
+        raise ValidationError(
+            f"{field}: {value!r} is not a DNS-1123 label (lower-case letters, digits and '-', 1-63 characters)"
+        )
+    return value
+
+
+def check_port(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValidationError(f"{field}: {value!r} is not a port number (1-65535)")
+    return value
+
+
+def check_host(field: str, value: object) -> str:
+    """An IP address or a DNS name (lower-case labels separated by dots)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{field}: {value!r} is not a host")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) > 253 or not all(DNS1123_LABEL.match(part) for part in value.split(".")):
+        raise ValidationError(f"{field}: {value!r} is not an IP address or DNS name")
+    return value
+
+
+def parse_host_port(field: str, value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into its parts, validated."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValidationError(f"{field}: {value!r} is not host:port")
+    host, _, port_text = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_text.isdigit():
+        raise ValidationError(f"{field}: {value!r} has no numeric port")
+    return check_host(field, host), check_port(field, int(port_text))
+
+
+def _frozen_mapping(value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _validate_label(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_label(f"{type(instance).__name__.lower()}.{attribute.name}", value)
+
+
+@attrs.frozen(order=True)
+class Locality:
+    """Where an endpoint or cluster lives: `region/zone`. Failover priority is computed from it."""
+
+    region: str = attrs.field(validator=_validate_label)
+    zone: str = attrs.field(validator=_validate_label)
+
+    @classmethod
+    def parse(cls, text: str) -> Locality:
+        region, sep, zone = str(text).partition("/")
+        if not sep:
+            raise ValidationError(f"locality: {text!r} is not region/zone (e.g. us-east/us-east-1a)")
+        return cls(region, zone)
+
+    def __str__(self) -> str:
+        return f"{self.region}/{self.zone}"
+
+
+@attrs.frozen
+class Cluster:
+    """One failure domain with its own control plane and gateways."""
+
+    name: str = attrs.field(validator=_validate_label)
+    region: str = attrs.field(validator=_validate_label)
+    zones: tuple[str, ...] = attrs.field(converter=tuple)
+
+    @zones.validator
+    def _check_zones(self, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+        if not value:
+            raise ValidationError(f"cluster {self.name}: zones: at least one zone is needed")
+        for zone in value:
+            check_label("cluster.zones", zone)
+
+    def localities(self) -> tuple[Locality, ...]:
+        return tuple(Locality(self.region, zone) for zone in self.zones)
+
+
+def parse_service_key(text: str) -> tuple[str, str]:
+    """`name.namespace` into its two labels."""
+    name, sep, namespace = str(text).partition(".")
+    if not sep:
+        raise ValidationError(f"service: {text!r} is not name.namespace (e.g. checkout.shop)")
+    return check_label("service.name", name), check_label("service.namespace", namespace)
+
+
+@attrs.frozen
+class Service:
+    """`name.namespace` with its ports and protocol."""
+
+    name: str = attrs.field(validator=_validate_label)
+    namespace: str = attrs.field(validator=_validate_label)
+    protocol: str = attrs.field(default="http")
+    ports: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+
+    @protocol.validator
+    def _check_protocol(self, attribute: attrs.Attribute, value: str) -> None:
+        if value not in PROTOCOLS:
+            raise ValidationError(f"service.protocol: {value!r} is not one of {', '.join(PROTOCOLS)}")
+
+    @ports.validator
+    def _check_ports(self, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
+        for port in value:
+            check_port("service.ports", port)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}.{self.namespace}"
+
+    @classmethod
+    def from_key(cls, key: str, **kwargs: Any) -> Service:
+        name, namespace = parse_service_key(key)
+        return cls(name, namespace, **kwargs)
+
+
+class Health(enum.Enum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"
+    UNKNOWN = "unknown"
+
+
+def _labels(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+    items = dict(value or {})
+    for key, val in items.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise ValidationError(f"endpoint.labels: {key!r}={val!r} must be strings")
+    return tuple(sorted(items.items()))
+
+
+@attrs.frozen
+class Endpoint:
+    """One instance of a service: address, port, cluster, locality, weight, labels, health."""
+
+    service: str
+    cluster: str = attrs.field(validator=_validate_label)
+    address: str
+    port: int
+    locality: Locality
+    weight: int = 1
+    labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+    health: Health = attrs.field(default=Health.HEALTHY, converter=Health)
+    id: str = attrs.field(default="")
+
+    def __attrs_post_init__(self) -> None:
+        parse_service_key(self.service)
+        check_host("endpoint.address", self.address)
+        check_port("endpoint.port", self.port)
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 1 <= self.weight <= 1000:
+            raise ValidationError(f"endpoint.weight: {self.weight!r} is not an integer in 1-1000")
+        if not self.id:
+            object.__setattr__(self, "id", f"{self.cluster}/{self.address}:{self.port}")
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@attrs.frozen
+class Export:
+    """A cluster's statement that `service` may be consumed by the named peers (or `*`)."""
+
+    service: str
+    to: tuple[str, ...] = attrs.field(converter=lambda v: tuple(sorted(set(v))))
+
+    def __attrs_post_init__(self) -> None:
+        parse_service_key(self.service)
+        if not self.to:
+            raise ValidationError(f"export {self.service}: to: name at least one peer cluster or '*'")
+        for peer in self.to:
+            if peer != ANY_PEER:
+                check_label("export.to", peer)
+
+    def allows(self, peer: str) -> bool:
+        return ANY_PEER in self.to or peer in self.to
+
+
+@attrs.frozen
+class Peer:
+    """A remote cluster this cluster has linked: where its gateway and control plane are, and its trust bundle."""
+
+    name: str = attrs.field(validator=_validate_label)
+    region: str = attrs.field(validator=_validate_label)
+    zones: tuple[str, ...] = attrs.field(converter=tuple)
+    gateway: str  # host:port of its east-west listener
+    control: str = ""  # host:port of its control-plane API, reached through its gateway
+    trust_bundle_pem: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        parse_host_port(f"peer {self.name}: gateway", self.gateway)
+
+
+@attrs.frozen
+class Catalog:
+    """The immutable snapshot, at a revision, of what one cluster's gateways need.
+
+    Keys: services by `name.namespace`, endpoints by endpoint id, exports by service,
+    peers by cluster name.
+    """
+
+    cluster: str
+    revision: int = 0
+    services: Mapping[str, Service] = attrs.field(factory=dict, converter=_frozen_mapping)
+    endpoints: Mapping[str, Endpoint] = attrs.field(factory=dict, converter=_frozen_mapping)
+    exports: Mapping[str, Export] = attrs.field(factory=dict, converter=_frozen_mapping)
+    peers: Mapping[str, Peer] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+    def endpoints_of(self, service: str) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints.values() if e.service == service)
