@@ -26,6 +26,9 @@ from registry.errors import ValidationError
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
+# How gateways carry a service across clusters: `http` terminates and routes per request (L7);
+# `passthrough` routes the TLS connection on its SNI and pumps bytes (L4, end-to-end TLS kept).
+GATEWAY_MODES = ("http", "passthrough")
 ANY_PEER = "*"
 
 
@@ -130,6 +133,12 @@ class Service:
     namespace: str = attrs.field(validator=_validate_label)
     protocol: str = attrs.field(default="http")
     ports: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    gateway_mode: str = attrs.field(default="http")
+
+    @gateway_mode.validator
+    def _check_mode(self, attribute: attrs.Attribute, value: str) -> None:
+        if value not in GATEWAY_MODES:
+            raise ValidationError(f"service.gateway_mode: {value!r} is not one of {', '.join(GATEWAY_MODES)}")
 
     @protocol.validator
     def _check_protocol(self, attribute: attrs.Attribute, value: str) -> None:
