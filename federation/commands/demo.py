@@ -1,9 +1,115 @@
-"""`isthmus demo`: (not yet built)."""
+"""`isthmus demo up|status|down|serve`: the local multi-cluster demo on loopback."""
 
 from __future__ import annotations
 
-from federation.commands._common import add_noun
+import argparse
+from pathlib import Path
+
+from federation.commands._common import (
+    add_json_option,
+    add_noun,
+    add_verb,
+    print_json,
+    print_table,
+    run_async,
+)
+
+DEFAULT_DIR = "demo-data"
+
+
+def _dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=DEFAULT_DIR, help="where the demo keeps its PKI, configs, data and logs (default: %(default)s)")
 
 
 def add_parser(subparsers, noun: str, help_text: str) -> None:
-    add_noun(subparsers, noun, help_text + " (not yet available)")
+    verbs = add_noun(subparsers, noun, help_text)
+    up = add_verb(verbs, "up", "bring the demo up (idempotent): three clusters in two regions on loopback", _up)
+    _dir_option(up)
+    up.add_argument("--backend", choices=("sqlite", "etcd"), default="sqlite", help="each cluster's registry backend")
+    status = add_verb(verbs, "status", "what runs where", _status)
+    _dir_option(status)
+    add_json_option(status)
+    down = add_verb(verbs, "down", "stop everything the demo started", _down)
+    _dir_option(down)
+    serve = add_verb(verbs, "serve", "run one sample endpoint (used by `demo up`)", _serve)
+    serve.add_argument("service", help="name.namespace, e.g. echo.demo")
+    serve.add_argument("--cluster", required=True)
+    serve.add_argument("--zone", required=True)
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT")
+    serve.add_argument("--protocol", choices=("http", "grpc"), default="http")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from federation.demo.orchestrator import demo_up
+
+    state = run_async(demo_up, Path(args.dir), args.backend)
+    _print_state(state)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from federation.demo import processes
+    from federation.demo.orchestrator import DemoState
+
+    state = DemoState.load(Path(args.dir).resolve())
+    if state is None:
+        if args.json:
+            print_json(None)
+        else:
+            print(f"no demo in {args.dir}")
+        return 0
+    if args.json:
+        print_json(state.to_json())
+        return 0
+    _print_state(state)
+    down = [pid for pid in state.all_pids() if not processes.alive(pid)]
+    if down:
+        print(f"{len(down)} of {len(state.all_pids())} demo processes are not running: {down}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from federation.demo.orchestrator import demo_down
+
+    stopped, killed = run_async(demo_down, Path(args.dir))
+    print(f"demo in {args.dir}: stopped {stopped} processes" + (f" ({len(killed)} needed SIGKILL)" if killed else ""))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from federation.demo.services import Identity, serve_echo, start_greeter
+    from registry.model import parse_host_port
+
+    host, port = parse_host_port("--listen", args.listen)
+    identity = Identity(args.service, args.cluster, args.zone)
+    if args.protocol == "grpc":
+        stop = start_greeter(identity, host, port)
+        try:
+            trio.run(trio.sleep_forever)
+        finally:
+            stop()
+        return 0
+    trio.run(serve_echo, identity, host, port)
+    return 0
+
+
+def _print_state(state) -> None:
+    print_table(
+        f"Isthmus demo in {state.dir} (registry: {state.backend})",
+        ["cluster", "region", "zones", "outbound", "east-west", "admin", "control"],
+        [
+            (c["name"], c["region"], ",".join(c["zones"]), c.get("outbound"), c.get("eastwest"), c.get("admin"), c.get("control"))
+            for c in state.clusters
+        ],
+    )
+    print_table(
+        None,
+        ["service", "cluster", "zone", "address", "pid"],
+        [(e["service"], e["cluster"], e["zone"], e["address"], e["pid"]) for e in state.endpoints],
+    )
+    if state.dashboard:
+        print(f"dashboard:  {state.dashboard}")
+    if state.prometheus:
+        print(f"prometheus: {state.prometheus}")
