@@ -1,0 +1,225 @@
+"""`isthmus bench failover --pure`: time to fail over, through the pure decision logic on a virtual clock.
+
+Three faults, each `--repetitions` times (default 20) at `--rate` requests/s (default 200), on the
+demo topology of DESIGN with the caller in east-1/us-east-1a (`gateway.lb.testing`):
+
+- zone loss: the three `echo.demo` endpoints of the caller's zone die (connections refused);
+- cluster loss: east-2, which serves `hello.demo` at P1, goes dark, gateway included (nothing
+  answers; west-1 at P2 is healthy);
+- blackhole: the caller's zone keeps accepting connections but never answers.
+
+Per run: the time from the fault to the first success elsewhere (a try that succeeded on a host
+the fault did not touch) and to steady state (after which no new try goes to a faulted host), and
+the requests the client saw fail. The fault time is drawn within a second so its phase against
+the 1 s active checks and gateway probes varies. A run that never reaches steady state within
+`--horizon` seconds counts as not reached (null in the JSON, "never" in the table).
+
+Two profiles through the same logic and the same simulated fleet:
+
+- `isthmus`: `ServicePolicy()` defaults (3 consecutive gateway errors eject on the failing
+  request, base ejection 5 s, max ejection 100 %, per-try timeout 1 s, active checks and gateway
+  probes every 1 s, retries in another locality);
+- `envoy`: Envoy's outlier-detection defaults as Istio users set them (interval 10 s,
+  5 consecutive 5xx, base ejection 30 s, max ejection 10 %, gateway-error detection not enforced),
+  Envoy's timeouts (no per-try timeout, route timeout 15 s), Istio's default retries (2 retries on
+  connect-failure and 503, any locality), no active checks and no gateway probes.
+
+Goals (issue 5): zone loss <= 1 s to steady state, cluster loss <= 3 s, zero client-visible
+errors for idempotent requests, with the Isthmus defaults. This is the pure-simulation half
+(`"mode": "pure-simulation"`); real-process numbers come from the gateway's drills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from typing import Any
+
+from federation.bench._machine import write_results
+from federation.errors import UsageError
+from gateway.lb.policy import RetryPolicy, ServicePolicy, TimeoutPolicy
+from gateway.lb.testing import (
+    BLACKHOLE,
+    CALLER_CLUSTER,
+    CALLER_LOCALITY,
+    REFUSE,
+    FakeFleet,
+    demo_balancer,
+    simulate,
+)
+
+HELP = "time to fail over on zone loss, cluster loss and blackhole (pure simulation, virtual clock)"
+GOALS_STEADY_S = {"zone-loss": 1.0, "cluster-loss": 3.0}
+SCENARIOS = ("zone-loss", "cluster-loss", "blackhole")
+WARMUP_S = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="simulate through the pure decision logic on a virtual clock (the only mode built so far)",
+    )
+    parser.add_argument(
+        "--repetitions", type=int, default=20, help="runs per fault and profile (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="requests per second (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--horizon",
+        type=float,
+        default=40.0,
+        help="seconds simulated after each fault (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=5, help="random seed (default: %(default)s)")
+
+
+def profiles() -> dict[str, ServicePolicy]:
+    envoy = ServicePolicy.envoy_defaults()
+    envoy = ServicePolicy(
+        outlier=envoy.outlier,
+        health_check=envoy.health_check,
+        retry=RetryPolicy(attempts=3, retry_on=("connect-failure", "503"), prefer_other_locality=False),
+        timeout=TimeoutPolicy(connect_timeout_s=5.0, per_try_timeout_s=None, request_timeout_s=15.0),
+    )
+    return {"isthmus": ServicePolicy(), "envoy": envoy}
+
+
+def run_once(
+    scenario: str, profile: str, policy: ServicePolicy, rng: random.Random, rate: float, horizon: float
+) -> dict[str, Any]:
+    """One simulated fault; times in seconds from the fault."""
+    service = "hello.demo" if scenario == "cluster-loss" else "echo.demo"
+    balancer = demo_balancer(service, policy)
+    fleet = FakeFleet()
+    fault_at = WARMUP_S + rng.random()
+    if scenario == "cluster-loss":
+        faulted = ["gateway:east-2"]
+        fleet.set(faulted + [e.id for e in balancer._endpoints if e.cluster == "east-2"], fault_at, BLACKHOLE)
+    else:
+        faulted = [
+            e.id for e in balancer._endpoints if e.cluster == CALLER_CLUSTER and e.locality == CALLER_LOCALITY
+        ]
+        fleet.set(faulted, fault_at, REFUSE if scenario == "zone-loss" else BLACKHOLE)
+    until = fault_at + horizon
+    probes = profile == "isthmus"
+    result = simulate(balancer, fleet, until=until, rate_per_s=rate, rng=rng, peer_probes=probes)
+    first = result.first_success_elsewhere(faulted, fault_at)
+    last = result.last_try_to(faulted, fault_at)
+    # Steady state: no try to a faulted host after it. Tries still going there in the last
+    # quarter of the horizon mean it was never reached.
+    if last is None:
+        steady = 0.0
+    elif last.started >= fault_at + 0.75 * horizon:
+        steady = None
+    else:
+        steady = last.started - fault_at
+    after = [r for r in result.requests if r.arrived >= fault_at]
+    return {
+        "first_success_elsewhere_s": None if first is None else first.ended - fault_at,
+        "steady_state_s": steady,
+        "client_errors": sum(1 for r in after if not r.ok),
+        "requests": len(after),
+    }
+
+
+def percentile(values: list[float | None], p: float) -> float | None:
+    """Nearest-rank percentile; a run that never got there (None) ranks above every number."""
+    if not values:
+        return None
+    ranked = sorted(values, key=lambda v: math.inf if v is None else v)
+    return ranked[max(0, math.ceil(p / 100 * len(ranked)) - 1)]
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    first = [r["first_success_elsewhere_s"] for r in runs]
+    steady = [r["steady_state_s"] for r in runs]
+    return {
+        "first_success_elsewhere_s": {"p50": percentile(first, 50), "p99": percentile(first, 99)},
+        "steady_state_s": {"p50": percentile(steady, 50), "p99": percentile(steady, 99)},
+        "steady_state_not_reached": sum(1 for s in steady if s is None),
+        "client_errors": sum(r["client_errors"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "never" if value is None else f"{value * 1000:.0f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.pure:
+        raise UsageError("bench failover: only --pure is built so far; run `isthmus bench failover --pure`")
+    if args.repetitions < 1 or args.rate <= 0 or args.horizon < 5:
+        raise UsageError("bench failover: --repetitions must be >= 1, --rate > 0 and --horizon >= 5")
+    from federation.commands._common import print_table
+
+    started = time.perf_counter()
+    rng = random.Random(args.seed)
+    results: dict[str, dict[str, Any]] = {}
+    rows = []
+    for scenario in SCENARIOS:
+        results[scenario] = {}
+        for profile, policy in profiles().items():
+            runs = [
+                run_once(scenario, profile, policy, rng, args.rate, args.horizon)
+                for _ in range(args.repetitions)
+            ]
+            summary = summarise(runs)
+            goal = GOALS_STEADY_S.get(scenario)
+            p99 = summary["steady_state_s"]["p99"]
+            summary["goal_steady_state_s"] = goal
+            summary["goal_met"] = (
+                None
+                if profile != "isthmus"
+                else (goal is None or (p99 is not None and p99 <= goal)) and summary["client_errors"] == 0
+            )
+            summary["runs"] = runs
+            results[scenario][profile] = summary
+            rows.append(
+                (
+                    scenario,
+                    profile,
+                    f"{_ms(summary['first_success_elsewhere_s']['p50'])} / {_ms(summary['first_success_elsewhere_s']['p99'])}",
+                    f"{_ms(summary['steady_state_s']['p50'])} / {_ms(p99)}",
+                    f"{summary['client_errors']}",
+                    "" if summary["goal_met"] is None else ("met" if summary["goal_met"] else "MISSED"),
+                )
+            )
+    payload = {
+        "benchmark": "failover",
+        "mode": "pure-simulation",
+        "repetitions": args.repetitions,
+        "rate_per_s": args.rate,
+        "horizon_s": args.horizon,
+        "seed": args.seed,
+        "topology": "caller east-1/us-east-1a; echo.demo: 3 endpoints in each of us-east-1a, us-east-1b (east-1), "
+        "us-east-1c (east-2), eu-west-1a (west-1); hello.demo: east-2 and west-1 only",
+        "profiles": {
+            "isthmus": "ServicePolicy() defaults",
+            "envoy": "outlier interval 10 s, 5 consecutive 5xx, base ejection 30 s, max ejection 10 %; "
+            "no per-try timeout, route timeout 15 s; 2 retries on connect-failure,503; "
+            "no active checks, no gateway probes",
+        },
+        "goals": {"zone-loss steady_state_s": 1.0, "cluster-loss steady_state_s": 3.0, "client_errors": 0},
+        "results": results,
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    path = write_results(args.out, payload)
+    print_table(
+        f"failover, pure simulation: {args.repetitions} runs each at {args.rate:g} req/s; ms from the fault",
+        (
+            "fault",
+            "profile",
+            "1st success elsewhere p50 / p99",
+            "steady state p50 / p99",
+            "client errors",
+            "goal",
+        ),
+        rows,
+    )
+    print(f"wrote {path}")
+    return 0

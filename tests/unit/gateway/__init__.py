@@ -1,0 +1,1 @@
+"""Unit tests of the data plane (pure, no sockets)."""
