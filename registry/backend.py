@@ -9,6 +9,9 @@ Watches: `watch(prefix, from_revision)` yields `WatchBatch`es in revision order,
 with changes *after* `from_revision`. If the backend has compacted past that revision it
 does not fail: it yields one batch with `snapshot` set (every live key under the prefix at
 the current revision) and then carries on with changes.
+
+`registry.testing.check_backend(make_backend)` is the one conformance suite every
+implementation must pass; its docstring lists exactly what each check expects.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 
 import attrs
+
+from registry.errors import RegistryError
 
 
 @attrs.frozen
@@ -112,6 +117,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def status(self) -> BackendStatus:
         """Never raises for an unreachable backend: reports `reachable=False`."""
+
+    async def compact(self, revision: int) -> None:
+        """Forget history up to `revision` (watches from before it resume with a snapshot).
+
+        Optional: backends without history compaction raise `RegistryError`.
+        """
+        raise RegistryError(f"{self.kind} registry at {self.address or '?'}: compaction is not supported")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

@@ -37,3 +37,15 @@ class Compacted(RegistryError):
         self.requested = requested
         self.compact_revision = compact_revision
         super().__init__(f"revision {requested} is compacted (oldest kept: {compact_revision})")
+
+
+class LeaseExpired(RegistryError):
+    """A lease that no longer exists (expired or revoked): its keys are gone."""
+
+    def __init__(self, lease: int) -> None:
+        self.lease = lease
+        super().__init__(f"lease {lease:#x} has expired or was revoked")
+
+
+class DuplicateEndpoint(ValidationError):
+    """An endpoint id that is already registered in the cluster."""
