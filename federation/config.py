@@ -22,6 +22,7 @@ Example (`east-1.toml`)::
 
     [control]
     api = "127.0.1.1:15010"
+    federation = "127.0.1.1:15011"   # mTLS crossing for peers; default: the api port + 1
 
 Errors are `ConfigError` naming the file and the field (`east-1.toml: cluster.name: ...`).
 Sections owned by later capabilities (policies, routes, peers) are parsed by their own
@@ -57,6 +58,11 @@ def _address(section: Mapping[str, Any], key: str, field: str, default: str) -> 
     return value
 
 
+def _next_port(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 @attrs.frozen
 class ClusterConfig:
     path: Path | None
@@ -69,6 +75,7 @@ class ClusterConfig:
     outbound: str
     admin: str
     control_api: str
+    control_federation: str
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
     @classmethod
@@ -123,7 +130,8 @@ class ClusterConfig:
                 eastwest=_address(gw, "eastwest", "gateway.eastwest", "127.0.0.1:15443"),
                 outbound=_address(gw, "outbound", "gateway.outbound", "127.0.0.1:15001"),
                 admin=_address(gw, "admin", "gateway.admin", "127.0.0.1:15000"),
-                control_api=_address(control, "api", "control.api", "127.0.0.1:15010"),
+                control_api=(api := _address(control, "api", "control.api", "127.0.0.1:15010")),
+                control_federation=_address(control, "federation", "control.federation", _next_port(api)),
                 raw=raw,
             )
         except ValidationError as exc:

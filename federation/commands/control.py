@@ -1,9 +1,67 @@
-"""`isthmus control`: (not yet built)."""
+"""`isthmus control --config cluster.toml`: run one cluster's control plane in the foreground.
+
+It opens the registry named by the config, serves the local API on `control.api` and the
+federation crossing on `control.federation` (see `federation.control`), and runs until
+interrupted (Ctrl-C or SIGTERM).
+"""
 
 from __future__ import annotations
 
-from federation.commands._common import add_noun
+import argparse
+import logging
+import signal
+
+import trio
+
+from federation.commands._common import add_config_option
+from federation.config import ClusterConfig
 
 
 def add_parser(subparsers, noun: str, help_text: str) -> None:
-    add_noun(subparsers, noun, help_text + " (not yet available)")
+    parser = subparsers.add_parser(noun, help=help_text, description=help_text + " (foreground; Ctrl-C stops it)")
+    add_config_option(parser, required=True)
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="log verbosity on stderr (default: %(default)s)")  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from federation.control import serve_control_plane
+
+    config = ClusterConfig.from_toml(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            plane = await nursery.start(serve_control_plane, config)
+
+            async def stop_on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(stop_on_signal)
+            print(f"control plane {plane.name}: api http://{config.control_api}, federation {plane.federation_address}",
+                  flush=True)  # fmt: skip
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        raise single_error(group) from None
+    return 0
+
+
+def single_error(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside nested exception groups (what the user should see), else the group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group

@@ -1,0 +1,317 @@
+"""The control plane's HTTP API (ASGI, served by hypercorn's trio worker on `control.api`, loopback).
+
+Operator calls (the CLI and the dashboard; refused when they arrive across a cluster boundary):
+
+    GET    /metrics                         Prometheus text (`federation.metrics`)
+    GET    /v1/status                       cluster, local and served revisions, registry staleness
+    GET    /v1/catalog                      the merged catalog (snapshot message: epoch, revision, catalog)
+    GET    /v1/catalog/watch?from=R&epoch=E newline-delimited JSON: snapshot or deltas, then heartbeats
+    GET    /v1/peers                        one status object per peer (state, revision, staleness, RTT...)
+    GET    /v1/peers/NAME/check             a verdict per check
+    DELETE /v1/peers/NAME                   unlink a peer
+    POST   /v1/peering/token                {"peer": NAME, "ttl_s": S} -> {"token": ..., "expires_at": ...}
+    POST   /v1/peering/register             {"token": TOKEN} -> the new peer
+
+Federation calls (from a peer, through the crossing or the local gateway; see `federation.control`):
+
+    GET    /v1/federation/export?peer=NAME           what this cluster exports to NAME (snapshot)
+    GET    /v1/federation/watch?peer=NAME&from=R     its import stream (snapshot or deltas, heartbeats)
+    GET    /v1/federation/probe                      this cluster's name and wall-clock time
+    POST   /v1/federation/redeem                     spend a peering token's secret (no identity needed)
+
+`export` and `watch` need a verified identity of the cluster named by `peer`, and that cluster
+must be linked. Errors are JSON `{"error": "<one line>"}` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
+import trio
+
+from federation.errors import FederationError
+from federation.imports import view_to_json
+from federation.peering import PeeringError, TokenRejected, parse_ttl
+from registry.errors import RegistryError, RegistryUnavailable, ValidationError
+
+log = logging.getLogger("isthmus.federation.api")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: bytes
+    crossed: bool
+    identity: str | None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"{}")
+        except ValueError:
+            raise HttpError(400, "the request body is not JSON") from None
+
+    def int_query(self, name: str, default: int | None = None) -> int | None:
+        value = self.query.get(name)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise HttpError(400, f"{name}: {value!r} is not an integer") from None
+
+
+@attrs.frozen
+class Streamed:
+    messages: AsyncIterator[dict[str, Any]]
+
+
+@attrs.frozen
+class Raw:
+    body: bytes
+    content_type: str
+
+
+Handler = Callable[[Any, Request], Awaitable[Any]]
+ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {}
+
+
+def route(method: str, path: str, *, kind: str = "operator") -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ROUTES[(method, path)] = (kind, fn)
+        return fn
+
+    return register
+
+
+@route("GET", "/v1/status")
+async def get_status(plane: Any, req: Request) -> Any:
+    current = plane.catalogs.current
+    return {
+        "cluster": plane.name,
+        "local_revision": plane.local.revision,
+        "revision": None if current is None else current.revision,
+        "epoch": plane.catalogs.epoch,
+        "registry_stale": plane.local_stale or None,
+        "federation": plane.federation_address,
+        "peers": sorted(plane._peer_records),
+        "refused_crossings": dict(plane.refused_crossings),
+    }
+
+
+@route("GET", "/metrics")
+async def get_metrics(plane: Any, req: Request) -> Any:
+    from federation.metrics import CONTENT_TYPE
+
+    return Raw(plane.metrics.render(), CONTENT_TYPE)
+
+
+@route("GET", "/v1/catalog")
+async def get_catalog(plane: Any, req: Request) -> Any:
+    return plane.catalogs.snapshot_message()
+
+
+@route("GET", "/v1/catalog/watch")
+async def watch_catalog(plane: Any, req: Request) -> Any:
+    return Streamed(
+        plane.catalogs.watch_gateway(req.int_query("from"), req.query.get("epoch"), heartbeat_s=plane.heartbeat_s)
+    )
+
+
+@route("GET", "/v1/peers")
+async def get_peers(plane: Any, req: Request) -> Any:
+    return {"cluster": plane.name, "peers": plane.peers_status()}
+
+
+@route("POST", "/v1/peering/token")
+async def post_token(plane: Any, req: Request) -> Any:
+    from federation.control import issue_peering_token
+
+    body = req.json()
+    peer = body.get("peer") if isinstance(body, dict) else None
+    if not isinstance(peer, str) or not peer:
+        raise HttpError(400, "peer: name the cluster the token is for")
+    ttl = body.get("ttl_s", 900)
+    ttl_s = parse_ttl(str(ttl))
+    text, token = await trio.to_thread.run_sync(issue_peering_token, plane.config, peer, ttl_s)
+    return {"token": text, "peer": peer, "expires_at": token.expires_at}
+
+
+@route("POST", "/v1/peering/register")
+async def post_register(plane: Any, req: Request) -> Any:
+    body = req.json()
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        raise HttpError(400, "token: missing")
+    return await plane.register_with_token(token)
+
+
+@route("GET", "/v1/federation/export", kind="federation")
+async def get_export(plane: Any, req: Request) -> Any:
+    peer = _linked(plane, req)
+    return view_to_json(plane.exports.view(peer))
+
+
+@route("GET", "/v1/federation/watch", kind="federation")
+async def get_watch(plane: Any, req: Request) -> Any:
+    peer = _linked(plane, req)
+    return Streamed(plane.exports.watch_exports(peer, req.int_query("from", 0) or 0, heartbeat_s=plane.heartbeat_s))
+
+
+@route("GET", "/v1/federation/probe", kind="federation")
+async def get_probe(plane: Any, req: Request) -> Any:
+    return {"cluster": plane.name, "time": time.time(), "identity": req.identity}
+
+
+@route("POST", "/v1/federation/redeem", kind="redeem")
+async def post_redeem(plane: Any, req: Request) -> Any:
+    return await plane.accept_redeem(req.json())
+
+
+def _linked(plane: Any, req: Request) -> str:
+    peer = req.query.get("peer", "")
+    if not peer:
+        raise HttpError(400, "peer: missing")
+    try:
+        plane.linked_peer_of(req.identity, peer)
+    except PermissionError as exc:
+        raise HttpError(403, str(exc)) from None
+    return peer
+
+
+async def _dispatch(plane: Any, req: Request) -> Any:
+    if req.path.startswith("/v1/peers/"):
+        name = req.path[len("/v1/peers/"):]
+        if req.crossed:
+            raise HttpError(403, "operator calls are not accepted across clusters")
+        if req.method == "DELETE" and "/" not in name:
+            await plane.remove_peer(name)
+            return {"removed": name}
+        if req.method == "GET" and name.endswith("/check"):
+            return {"checks": await plane.check_peer(name[: -len("/check")])}
+        raise HttpError(404, f"no route for {req.method} {req.path}")
+    entry = ROUTES.get((req.method, req.path))
+    if entry is None:
+        if any(path == req.path for _, path in ROUTES):
+            raise HttpError(405, f"{req.method} is not allowed on {req.path}")
+        raise HttpError(404, f"no route for {req.method} {req.path}")
+    kind, handler = entry
+    if kind == "operator" and req.crossed:
+        raise HttpError(403, "operator calls are not accepted across clusters")
+    if kind == "federation" and not req.crossed:
+        raise HttpError(403, "federation calls must arrive through the federation crossing or the gateway")
+    return await handler(plane, req)
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, HttpError):
+        return exc.status
+    if isinstance(exc, TokenRejected):
+        return 409 if exc.reason in ("replayed", "unknown-secret") else 400
+    if isinstance(exc, RegistryUnavailable):
+        return 503
+    if isinstance(exc, PermissionError):
+        return 403
+    return 400
+
+
+def make_app(plane: Any) -> Callable[..., Awaitable[None]]:
+    async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            crossed, identity = plane.caller_identity(scope.get("client"), headers)
+            req = Request(scope["method"], scope["path"], query, body, crossed, identity)
+            result = await _dispatch(plane, req)
+        except (HttpError, FederationError, RegistryError, PeeringError, PermissionError, ValidationError) as exc:
+            status = _status_of(exc)
+            if status >= 403:
+                log.info("api: %s %s -> %d: %s", scope["method"], scope["path"], status, exc)
+            await _send_json(send, status, {"error": str(exc)})
+            return
+        if isinstance(result, Streamed):
+            await _send_stream(send, receive, result.messages)
+        elif isinstance(result, Raw):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", result.content_type.encode()), (b"content-length", str(len(result.body)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": result.body})
+        else:
+            await _send_json(send, 200, result)
+
+    return app
+
+
+async def _send_json(send: Callable[..., Any], status: int, body: Any) -> None:
+    data = json.dumps(body, separators=(",", ":"), default=str).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _send_stream(send: Callable[..., Any], receive: Callable[..., Any], messages: AsyncIterator[dict[str, Any]]) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-store")]})  # fmt: skip
+    async with trio.open_nursery() as nursery:
+
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until_disconnect)
+        try:
+            async for message in messages:
+                await send({"type": "http.response.body", "body": json.dumps(message, separators=(",", ":")).encode() + b"\n",
+                            "more_body": True})  # fmt: skip
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def serve_api(plane: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API on `control.api` with hypercorn's trio worker until cancelled."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [plane.config.control_api]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("isthmus.federation.hypercorn")
+    config.graceful_timeout = 1.0
+    config.keep_alive_timeout = 30.0
+    from federation.dashboard.app import mount_dashboard, targets_from_config
+
+    app = mount_dashboard(
+        make_app(plane), lambda: targets_from_config(plane.config, control_render=plane.metrics.render)
+    )
+    await serve(app, config, shutdown_trigger=trio.sleep_forever, task_status=task_status)

@@ -1,0 +1,1 @@
+"""Tests of the federation package (control plane, peering, sync)."""
