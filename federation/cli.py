@@ -21,7 +21,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("gateway", "run one cluster's east-west and outbound gateway"),
     ("service", "register, export and list services"),
     ("cluster", "peer with other clusters: tokens, register, list, check"),
-    ("registry", "the catalog backend: status"),
+    ("registry", "the catalog backend: status and known clusters"),
     ("drill", "scripted failover drills with SLOs"),
     ("demo", "the local multi-cluster demo"),
     ("top", "a live view of services and cluster pairs"),

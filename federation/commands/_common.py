@@ -32,7 +32,10 @@ def add_registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--registry",
         metavar="URL",
-        help="registry backend: sqlite:///path.db (default), etcd://host:port[,host:port], consul://host:port",
+        help=(
+            "registry backend: sqlite:///relative.db or sqlite:////absolute.db (default ./isthmus-registry.db), "
+            "etcd://host:port[,host:port], consul://host:port"
+        ),
     )
 
 

@@ -245,7 +245,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any, noun: str, help_text: str) -> None:
-    verbs = add_noun(subparsers, noun, "register, deregister and list services in the registry")
+    from federation.commands._export import add_export_verb
+
+    verbs = add_noun(subparsers, noun, "register, deregister, export and list services in the registry")
+    add_export_verb(verbs)
 
     register = add_verb(
         verbs,
