@@ -63,4 +63,5 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
         table.add_column(column)
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(soft_wrap=True).print(table)
+    # Piped output is for people reading logs and for grep: never truncate cells to 80 columns.
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)

@@ -17,6 +17,7 @@ EASTWEST_PORT = 15443
 OUTBOUND_PORT = 15001
 ADMIN_PORT = 15000
 CONTROL_PORT = 15010
+FEDERATION_PORT = 15011  # the control plane's mTLS crossing for peers
 SERVICE_PORT = 8080
 GRPC_PORT = 9090
 PROMETHEUS_ADDRESS = ("127.0.0.1", 19090)
@@ -41,6 +42,7 @@ class ClusterPlan:
     outbound: int
     admin: int
     control: int
+    federation: int
     endpoints: tuple[SampleEndpoint, ...]
 
     def address(self, port: int) -> str:
@@ -91,6 +93,7 @@ def plan(is_free=lambda host, port: True) -> tuple[ClusterPlan, ...]:
                 outbound=pick(host, OUTBOUND_PORT, taken),
                 admin=pick(host, ADMIN_PORT, taken),
                 control=pick(host, CONTROL_PORT, taken),
+                federation=pick(host, FEDERATION_PORT, taken),
                 endpoints=tuple(endpoints),
             )
         )
