@@ -31,6 +31,15 @@ class DrillResult:
     def passed(self) -> bool:
         return all(v.held for v in self.verdicts)
 
+    def failures_by_reason(self) -> dict[str, int]:
+        """Failed requests by status and reason (`503 upstream-connect`, `0 ReadTimeout`, ...)."""
+        counts: dict[str, int] = {}
+        for s in self.samples:
+            if not s.ok:
+                key = f"{s.status} {s.reason}".strip()
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
     def summary(self, machine: str = "") -> dict[str, Any]:
         total = len(self.samples)
         ok = sum(s.ok for s in self.samples)
@@ -42,6 +51,7 @@ class DrillResult:
             "requests": total,
             "success_ratio": ok / total if total else None,
             "idempotent_failures": sum(1 for s in self.samples if s.idempotent and not s.ok),
+            "failures_by_reason": self.failures_by_reason(),
             "measured": self.measured,
             "faults": [{"kind": k, "start_s": a, "end_s": b} for k, a, b in self.fault_windows],
             "slos": [attrs.asdict(v) for v in self.verdicts],
@@ -150,4 +160,4 @@ def print_summary(results: Sequence[DrillResult]) -> None:
             "—" if ttf is None else f"{ttf * 1000:.0f} ms",
             ", ".join(v.slo for v in r.verdicts if not v.held) or "none",
         )
-    Console().print(table)
+    Console(width=200).print(table)

@@ -52,7 +52,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -72,7 +72,7 @@ def _reap(pid: int) -> None:
 async def stop(pids: Sequence[int], grace_s: float = TERM_GRACE_S) -> list[int]:
     """Terminate every pid (and its process group); returns the pids that had to be killed."""
     for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
     with trio.move_on_after(grace_s):
         while True:
             for pid in pids:
@@ -82,7 +82,7 @@ async def stop(pids: Sequence[int], grace_s: float = TERM_GRACE_S) -> list[int]:
             await trio.sleep(0.05)
     killed = [pid for pid in pids if alive(pid)]
     for pid in killed:
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
     for pid in killed:
         _reap(pid)
     return killed

@@ -3,6 +3,8 @@
 `serve_echo` is a small HTTP/1.1 server (trio + h11, keep-alive): every response is JSON naming the
 service, cluster and zone that answered, plus the request's method, path and the `x-isthmus-*` and
 `traceparent` headers it arrived with, so a user sees where a request went. `GET /healthz` answers 200.
+Drills brown an endpoint out without restarting it: SIGUSR1 makes every answer `slow_ms` late, SIGUSR2
+makes it prompt again.
 The greeter is a gRPC service (`demo.Greeter/SayHello`, unary, and `demo.Greeter/SayHellos`, server
 streaming) that needs no generated code: requests and replies are UTF-8 bytes.
 """
@@ -31,6 +33,14 @@ class Identity:
         return {"service": self.service, "cluster": self.cluster, "zone": self.zone}
 
 
+@attrs.define
+class Brownout:
+    """Whether answers are late, and by how much (toggled by signals from a drill)."""
+
+    slow_ms: float = 300.0
+    active: bool = False
+
+
 def echo_response(identity: Identity, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     """The JSON body the echo service answers with (pure)."""
     seen = {
@@ -44,7 +54,7 @@ def echo_response(identity: Identity, method: str, target: str, headers: list[tu
     ).encode()
 
 
-async def _handle_http(identity: Identity, stream: trio.SocketStream) -> None:
+async def _handle_http(identity: Identity, brownout: Brownout, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
@@ -69,6 +79,8 @@ async def _handle_http(identity: Identity, stream: trio.SocketStream) -> None:
                 elif isinstance(event, h11.ConnectionClosed):
                     return
             assert request is not None
+            if brownout.active:
+                await trio.sleep(brownout.slow_ms / 1000)
             target = request.target.decode("latin-1")
             if target == "/healthz":
                 payload = b"ok\n"
@@ -93,11 +105,25 @@ async def _handle_http(identity: Identity, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def serve_echo(identity: Identity, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the echo service on `host:port` until cancelled."""
+async def serve_echo(
+    identity: Identity, host: str, port: int, brownout: Brownout | None = None, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the echo service on `host:port` until cancelled (SIGUSR1/SIGUSR2 toggle the brownout)."""
+    brownout = brownout or Brownout()
     listeners = await trio.open_tcp_listeners(port, host=host)
-    task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(partial(_handle_http, identity), listeners)
+    async with trio.open_nursery() as nursery:
+        if threading.current_thread() is threading.main_thread():
+            nursery.start_soon(_follow_brownout_signals, brownout)
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(partial(_handle_http, identity, brownout), listeners)
+
+
+async def _follow_brownout_signals(brownout: Brownout) -> None:
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
+        async for signum in signals:
+            brownout.active = signum == signal.SIGUSR1
 
 
 def start_greeter(identity: Identity, host: str, port: int) -> Callable[[], None]:
