@@ -1,0 +1,1 @@
+"""Tests of the dashboard, metrics contract and Grafana/Prometheus artefacts."""

@@ -1,0 +1,12 @@
+"""Fixtures for the dashboard's integration tests: one PKI per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from certs.testing import make_pki
+
+
+@pytest.fixture(scope="session")
+def dashboard_pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("dashboard-pki"), identities=("gateway", "vault", "app"))

@@ -1,0 +1,161 @@
+"""`isthmus gateway --config ...` as a user runs it: serve, reload, SIGTERM drain, --workers, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from certs.testing import make_pki
+from federation.cli import main
+from tests.conftest import free_port
+from tests.integration.gateway.support import serve_hypercorn
+
+
+@pytest.fixture(scope="module")
+def cli_pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("cli") / "pki")
+
+
+def write_config(directory: Path, pki_dir: Path, *, extra: str = "", catalog_file: str | None = "catalog.json") -> Path:
+    ports = {name: free_port() for name in ("eastwest", "outbound", "admin")}
+    lines = [
+        'trust_domain = "mesh.example"',
+        "[cluster]", 'name = "east-1"', 'region = "us-east"', 'zones = ["us-east-1a"]',
+        "[pki]", f'dir = "{pki_dir}"',
+        "[gateway]",
+        *(f'{name} = "127.0.0.1:{port}"' for name, port in ports.items()),
+    ]
+    if catalog_file:
+        lines.append(f'catalog_file = "{catalog_file}"')
+    path = directory / "east-1.toml"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def write_catalog(path: Path, upstream_port: int, revision: int = 1) -> None:
+    path.write_text(json.dumps({
+        "cluster": "east-1",
+        "revision": revision,
+        "services": [{"name": "echo", "namespace": "demo", "protocol": "http"}],
+        "endpoints": [{"service": "echo.demo", "cluster": "east-1", "address": "127.0.0.1",
+                       "port": upstream_port, "locality": "us-east/us-east-1a"}],
+        "exports": [{"service": "echo.demo", "to": ["*"]}],
+    }))
+
+
+def addresses(config: Path) -> dict[str, str]:
+    import tomllib
+
+    return tomllib.loads(config.read_text())["gateway"]
+
+
+async def wait_ready(admin: str, process: trio.Process, timeout_s: float = 20) -> None:
+    with trio.fail_after(timeout_s):
+        async with httpx.AsyncClient() as client:
+            while True:
+                assert process.returncode is None, "the gateway exited"
+                try:
+                    if (await client.get(f"http://{admin}/ready")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
+
+
+async def start(config: Path, *args: str) -> trio.Process:
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-m", "federation.cli", "gateway", "--config", str(config), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def test_serves_reloads_and_drains_on_sigterm(tmp_path, cli_pki, nursery):
+    upstream = await serve_hypercorn(nursery, "127.0.0.1")
+    config = write_config(tmp_path, cli_pki.dir)
+    write_catalog(tmp_path / "catalog.json", upstream)
+    gw = addresses(config)
+    process = await start(config)
+    try:
+        await wait_ready(gw["admin"], process)
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://{gw['outbound']}/headers", headers={"host": "echo.demo"})
+            assert response.status_code == 200
+            assert response.headers["x-isthmus-cluster"] == "east-1"
+            write_catalog(tmp_path / "catalog.json", upstream, revision=2)
+            with trio.fail_after(10):
+                while True:
+                    catalog = (await client.get(f"http://{gw['admin']}/catalog")).json()
+                    if catalog["catalog"]["revision"] == 2:
+                        break
+                    await trio.sleep(0.1)
+            metrics = (await client.get(f"http://{gw['admin']}/metrics")).text
+        assert "isthmus_catalog_revision 2.0" in metrics
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stderr = await process.stderr.receive_some(65536)
+    assert b"serving (eastwest 127.0.0.1:" in stderr
+
+
+async def test_two_workers_share_the_ports(tmp_path, cli_pki):
+    config = write_config(tmp_path, cli_pki.dir)
+    write_catalog(tmp_path / "catalog.json", free_port())
+    gw = addresses(config)
+    process = await start(config, "--workers", "2")
+    try:
+        await wait_ready(gw["admin"], process)
+        pids = set()
+        with trio.fail_after(20):
+            while len(pids) < 2:
+                # A new connection each time: the kernel spreads connections over the workers.
+                async with httpx.AsyncClient() as client:
+                    pids.add((await client.get(f"http://{gw['admin']}/catalog")).json()["pid"])
+        assert process.pid not in pids
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("extra", "catalog", "expected"),
+    [
+        ("connect_timeout_s = -1\n", "{}", "gateway.connect_timeout_s: -1 is not a positive number of seconds"),
+        ('tcp_ports = { "http" = "db.shop" }\n', "{}", "gateway.tcp_ports: 'http' is not a port number"),
+        ("", "{", "catalog.json: catalog: not valid JSON"),
+        ("", '{"cluster": "east-1", "services": [{"name": "x"}]}', "catalog.services[0]"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_pki, capsys, extra, catalog, expected):
+    config = write_config(tmp_path, cli_pki.dir)
+    config.write_text(config.read_text() + extra)
+    (tmp_path / "catalog.json").write_text(catalog)
+    assert main(["gateway", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("isthmus: error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_catalog_and_missing_pki_are_one_line(tmp_path, cli_pki, capsys):
+    config = write_config(tmp_path, cli_pki.dir, catalog_file=None)
+    assert main(["gateway", "--config", str(config), "--catalog", str(tmp_path / "none.json")]) == 2
+    assert "none.json: cannot read catalog" in capsys.readouterr().err
+    config = write_config(tmp_path, tmp_path / "no-pki")
+    assert main(["gateway", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("isthmus: error: ") and err.count("\n") == 1
