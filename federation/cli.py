@@ -70,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def single_error(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups, as trio nurseries raise them; else `exc` itself."""
+    leaves: list[BaseException] = []
+
+    def walk(inner: BaseException) -> None:
+        if isinstance(inner, BaseExceptionGroup):
+            for child in inner.exceptions:
+                walk(child)
+        else:
+            leaves.append(inner)
+
+    walk(exc)
+    return leaves[0] if len(leaves) == 1 else exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -79,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args([*argv, "--help"])
         return EXIT_BAD_INPUT
     try:
-        return int(run(args) or 0)
+        try:
+            return int(run(args) or 0)
+        except BaseExceptionGroup as group:
+            # A trio nursery wraps the one error a user should see: show it as if raised alone.
+            leaf = single_error(group)
+            if leaf is group:
+                raise
+            raise leaf from None
     except KeyboardInterrupt:
         print("isthmus: interrupted", file=sys.stderr)
         return 130
