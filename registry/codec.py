@@ -15,7 +15,11 @@ A catalog document looks like::
                     "port": 8080, "locality": "us-east/us-east-1a"}],
      "exports":   [{"service": "echo.demo", "to": ["*"]}],
      "peers":     [{"name": "west-1", "region": "eu-west", "zones": ["eu-west-1a"],
-                    "gateway": "127.0.3.1:15443"}]}
+                    "gateway": "127.0.3.1:15443"}],
+     "policies":  [{"service": "echo.demo", "spec": {"failover": ["eu-west"]}}],
+     "routes":    [{"service": "echo.demo", "rules": [{"name": "v2", "subset": {"version": "v2"}}]}]}
+
+`policies` and `routes` are optional (written only when non-empty).
 
 Lists are written; a mapping keyed by the value's own key (service key, endpoint id,
 exported service, peer name) is accepted on reading too.
@@ -28,7 +32,18 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from registry.errors import ValidationError
-from registry.model import Catalog, Cluster, Endpoint, Export, Health, Locality, Peer, Service
+from registry.model import (
+    Catalog,
+    Cluster,
+    Endpoint,
+    Export,
+    Health,
+    Locality,
+    Peer,
+    Policy,
+    RouteRules,
+    Service,
+)
 
 T = TypeVar("T")
 
@@ -249,6 +264,40 @@ def peer_from_dict(data: object, path: str = "peer") -> Peer:
     )
 
 
+def policy_to_dict(value: Policy) -> dict[str, Any]:
+    return {"service": value.service, "spec": _thaw(value.spec)}
+
+
+def policy_from_dict(data: object, path: str = "policy") -> Policy:
+    d = _fields(path, data, ("service", "spec"), ())
+    service = _typed(path, d["service"], str, "a service key", "service")
+    spec = d["spec"]
+    if not isinstance(spec, Mapping):
+        raise ValidationError(f"{path}.spec: expected an object, got {type(spec).__name__}")
+    return _build(path, Policy, service=service, spec=spec)
+
+
+def routes_to_dict(value: RouteRules) -> dict[str, Any]:
+    return {"service": value.service, "rules": [_thaw(rule) for rule in value.rules]}
+
+
+def routes_from_dict(data: object, path: str = "routes") -> RouteRules:
+    d = _fields(path, data, ("service", "rules"), ())
+    service = _typed(path, d["service"], str, "a service key", "service")
+    rules = d["rules"]
+    if not isinstance(rules, list):
+        raise ValidationError(f"{path}.rules: expected a list, got {type(rules).__name__}")
+    return _build(path, RouteRules, service=service, rules=rules)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
 # -- Catalog -------------------------------------------------------------------------------------
 
 
@@ -276,7 +325,7 @@ def _collection(
 
 def catalog_to_json(catalog: Catalog) -> dict[str, Any]:
     """A JSON-ready dict; collections are lists sorted by key (stable output for files and diffs)."""
-    return {
+    out = {
         "cluster": catalog.cluster,
         "revision": catalog.revision,
         "services": [service_to_dict(catalog.services[k]) for k in sorted(catalog.services)],
@@ -284,10 +333,16 @@ def catalog_to_json(catalog: Catalog) -> dict[str, Any]:
         "exports": [export_to_dict(catalog.exports[k]) for k in sorted(catalog.exports)],
         "peers": [peer_to_dict(catalog.peers[k]) for k in sorted(catalog.peers)],
     }
+    # Written only when present, so catalogs without them read the same as before they existed.
+    if catalog.policies:
+        out["policies"] = [policy_to_dict(catalog.policies[k]) for k in sorted(catalog.policies)]
+    if catalog.routes:
+        out["routes"] = [routes_to_dict(catalog.routes[k]) for k in sorted(catalog.routes)]
+    return out
 
 
 def catalog_from_json(data: object, path: str = "catalog") -> Catalog:
-    d = _fields(path, data, ("cluster",), ("revision", "services", "endpoints", "exports", "peers"))
+    d = _fields(path, data, ("cluster",), ("revision", "services", "endpoints", "exports", "peers", "policies", "routes"))
     cluster = _typed(path, d["cluster"], str, "a cluster name", "cluster")
     revision = _typed(path, d.get("revision", 0), int, "a revision number", "revision")
     if revision < 0:
@@ -299,6 +354,8 @@ def catalog_from_json(data: object, path: str = "catalog") -> Catalog:
         endpoints=_collection(f"{path}.endpoints", d.get("endpoints", []), endpoint_from_dict, lambda e: e.id),
         exports=_collection(f"{path}.exports", d.get("exports", []), export_from_dict, lambda e: e.service),
         peers=_collection(f"{path}.peers", d.get("peers", []), peer_from_dict, lambda p: p.name),
+        policies=_collection(f"{path}.policies", d.get("policies", []), policy_from_dict, lambda p: p.service),
+        routes=_collection(f"{path}.routes", d.get("routes", []), routes_from_dict, lambda r: r.service),
     )
 
 

@@ -7,7 +7,8 @@ imports only `registry.model`.
 
 Merge rules (DESIGN, "peer control planes import each other's exported services"):
 - the local catalog wins: a local service definition is kept over an imported one, and
-  local exports and peers are the only ones in the result (they are this cluster's words);
+  local exports, peers, policies and route rules are the only ones in the result (they are
+  this cluster's words);
 - from an imported catalog only services exported to the local cluster are taken, and only
   endpoints whose cluster is the imported catalog's own: imported endpoints keep their
   origin cluster, and a peer cannot speak for a third cluster (gateways never re-forward);
@@ -24,7 +25,7 @@ import attrs
 
 from registry.model import Catalog
 
-_PARTS = ("services", "endpoints", "exports", "peers")
+_PARTS = ("services", "endpoints", "exports", "peers", "policies", "routes")
 
 
 def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -50,6 +51,10 @@ class CatalogDelta:
     exports_removed: frozenset[str] = attrs.field(factory=frozenset, converter=_keys)
     peers_put: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen)
     peers_removed: frozenset[str] = attrs.field(factory=frozenset, converter=_keys)
+    policies_put: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen)
+    policies_removed: frozenset[str] = attrs.field(factory=frozenset, converter=_keys)
+    routes_put: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen)
+    routes_removed: frozenset[str] = attrs.field(factory=frozenset, converter=_keys)
 
     @property
     def empty(self) -> bool:
@@ -111,7 +116,7 @@ def export_view(catalog: Catalog, peer: str) -> Catalog:
         },
         exports=exported,
         peers={},
-    )
+    )  # policies and route rules are the exporting cluster's own: never shown to a peer
 
 
 def merge(local: Catalog, *imported: Catalog) -> Catalog:
@@ -133,4 +138,6 @@ def merge(local: Catalog, *imported: Catalog) -> Catalog:
         endpoints=endpoints,
         exports=local.exports,
         peers=local.peers,
+        policies=local.policies,
+        routes=local.routes,
     )

@@ -3,8 +3,9 @@
 Vocabulary (DESIGN): a *cluster* has a *locality* (`region/zone`); a *service* is
 `name.namespace` with ports and a protocol; an *endpoint* is one instance of a service in
 one cluster and locality; an *export* lets named peers (or `*`) consume a service; a *peer*
-is a remote cluster this one has linked; a *catalog* is the immutable snapshot, at a
-revision, of all of these.
+is a remote cluster this one has linked; a *policy* and *route rules* are a service's failover
+policy and traffic rules (stored as plain JSON, interpreted by the gateway); a *catalog* is the
+immutable snapshot, at a revision, of all of these.
 
 Names follow DNS-1123 labels (lower-case alphanumerics and `-`, at most 63 characters,
 starting and ending with an alphanumeric), as Kubernetes requires of namespaces and
@@ -289,6 +290,56 @@ class Peer:
         parse_host_port(f"peer {self.name}: gateway", self.gateway)
 
 
+def _json_copy(value: Any) -> Any:
+    """A plain-JSON deep copy (dicts, lists, strings, numbers, booleans, None); raises on anything else."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(f"policy: key {key!r} is not a string")
+            out[key] = _json_copy(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [_json_copy(item) for item in value]
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    raise ValidationError(f"policy: {value!r} is not a JSON value")
+
+
+@attrs.frozen
+class Policy:
+    """A service's failover policy as stored: the `[policies."<service>"]` table, plain JSON data.
+
+    The registry does not interpret it (`gateway.lb.policy.ServicePolicy.from_mapping` does, and
+    the writer validates with it first); `spec` is a private copy, read-only by convention.
+    """
+
+    service: str
+    spec: Mapping[str, Any] = attrs.field(factory=dict, converter=_json_copy)
+
+    def __attrs_post_init__(self) -> None:
+        parse_service_key(self.service)
+        if not isinstance(self.spec, dict):
+            raise ValidationError(f"policy {self.service}: spec must be a table")
+
+
+@attrs.frozen
+class RouteRules:
+    """A service's route rules as stored: the `[[routes."<service>"]]` list, plain JSON data.
+
+    Interpreted and validated by `gateway.policy.RoutesConfig`; `rules` are private copies.
+    """
+
+    service: str
+    rules: tuple[Mapping[str, Any], ...] = attrs.field(factory=tuple, converter=lambda v: tuple(_json_copy(list(v))))
+
+    def __attrs_post_init__(self) -> None:
+        parse_service_key(self.service)
+        for index, rule in enumerate(self.rules):
+            if not isinstance(rule, dict):
+                raise ValidationError(f"routes {self.service}[{index}]: a rule must be a table")
+
+
 @attrs.frozen
 class Catalog:
     """The immutable snapshot, at a revision, of what one cluster's gateways need.
@@ -303,6 +354,9 @@ class Catalog:
     endpoints: Mapping[str, Endpoint] = attrs.field(factory=dict, converter=_frozen_mapping)
     exports: Mapping[str, Export] = attrs.field(factory=dict, converter=_frozen_mapping)
     peers: Mapping[str, Peer] = attrs.field(factory=dict, converter=_frozen_mapping)
+    # This cluster's own words, never imported from a peer: failover policies and route rules by service.
+    policies: Mapping[str, Policy] = attrs.field(factory=dict, converter=_frozen_mapping)
+    routes: Mapping[str, RouteRules] = attrs.field(factory=dict, converter=_frozen_mapping)
 
     def endpoints_of(self, service: str) -> tuple[Endpoint, ...]:
         return tuple(e for e in self.endpoints.values() if e.service == service)

@@ -7,6 +7,8 @@ Owns the key layout and the rules of registration:
     /isthmus/<cluster>/endpoints/<svc>/<endpoint-id>  Endpoint           (id = cluster/address:port)
     /isthmus/<cluster>/exports/<svc>                  Export
     /isthmus/<cluster>/peers/<name>                   Peer
+    /isthmus/<cluster>/policies/<svc>                 Policy             (failover policy, JSON)
+    /isthmus/<cluster>/routes/<svc>                   RouteRules         (route rules, JSON)
 
 Values are the JSON of `registry.codec`. A registration (service + its endpoints) is one
 transaction, guarded so that the cluster must be known and endpoint ids must be new; with
@@ -36,7 +38,18 @@ from registry.errors import (
     UnknownCluster,
     ValidationError,
 )
-from registry.model import Catalog, Cluster, Endpoint, Export, Peer, Service, check_label, parse_service_key
+from registry.model import (
+    Catalog,
+    Cluster,
+    Endpoint,
+    Export,
+    Peer,
+    Policy,
+    RouteRules,
+    Service,
+    check_label,
+    parse_service_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +82,20 @@ def peer_key(cluster: str, name: str) -> str:
     return f"{ROOT}{cluster}/peers/{name}"
 
 
+def policy_key(cluster: str, svc: str) -> str:
+    return f"{ROOT}{cluster}/policies/{svc}"
+
+
+def routes_key(cluster: str, svc: str) -> str:
+    return f"{ROOT}{cluster}/routes/{svc}"
+
+
 def known_cluster_key(name: str) -> str:
     return CLUSTERS + name
 
 
 def parse_key(key: str) -> tuple[str, str, str] | None:
-    """`(cluster, kind, name)` of a catalog key, kind in services/endpoints/exports/peers.
+    """`(cluster, kind, name)` of a catalog key, kind in services/endpoints/exports/peers/policies/routes.
 
     For endpoints `name` is the endpoint id (the service is part of the value). Keys that
     are not catalog keys give None.
@@ -89,7 +110,7 @@ def parse_key(key: str) -> tuple[str, str, str] | None:
         _svc, _, name = name.partition("/")
         if not name:
             return None
-    elif kind not in ("services", "exports", "peers"):
+    elif kind not in ("services", "exports", "peers", "policies", "routes"):
         return None
     return cluster, kind, name
 
@@ -110,6 +131,8 @@ _DECODERS = {
     "endpoints": codec.endpoint_from_dict,
     "exports": codec.export_from_dict,
     "peers": codec.peer_from_dict,
+    "policies": codec.policy_from_dict,
+    "routes": codec.routes_from_dict,
 }
 
 
@@ -129,6 +152,8 @@ class CatalogBuilder:
             "endpoints": base.endpoints if base else MappingProxyType({}),
             "exports": base.exports if base else MappingProxyType({}),
             "peers": base.peers if base else MappingProxyType({}),
+            "policies": base.policies if base else MappingProxyType({}),
+            "routes": base.routes if base else MappingProxyType({}),
         }
         self._catalog = base if base is not None and base.cluster == cluster else None
 
@@ -213,13 +238,22 @@ class Store:
     # -- clusters ---------------------------------------------------------------------------
 
     async def add_cluster(self, cluster: Cluster) -> int:
-        """Declare a cluster (idempotent: the same declaration again changes nothing)."""
+        """Declare a cluster (idempotent: the same declaration again changes nothing, so it does not
+        move the revision that registrations guard on, even when two processes declare it at once)."""
         check_cluster_name("cluster.name", cluster.name)
-        _, kvs = await self.backend.get_prefix(known_cluster_key(cluster.name))
-        for kv in kvs:
-            if kv.key == known_cluster_key(cluster.name) and codec.loads(kv.value) == codec.cluster_to_dict(cluster):
-                return kv.mod_revision
-        return await self.backend.txn([Put(known_cluster_key(cluster.name), codec.dumps(codec.cluster_to_dict(cluster)))])
+        key = known_cluster_key(cluster.name)
+        wanted = codec.cluster_to_dict(cluster)
+        while True:
+            _, kvs = await self.backend.get_prefix(key)
+            current = next((kv for kv in kvs if kv.key == key), None)
+            if current is not None and codec.loads(current.value) == wanted:
+                return current.mod_revision
+            try:
+                return await self.backend.txn(
+                    [Put(key, codec.dumps(wanted))], [Compare(key, current.mod_revision if current else 0)]
+                )
+            except Conflict:
+                continue  # someone declared it meanwhile: look again
 
     async def clusters(self) -> dict[str, Cluster]:
         _, kvs = await self.backend.get_prefix(CLUSTERS)
@@ -390,6 +424,32 @@ class Store:
     async def remove_peer(self, cluster: str, name: str) -> int:
         check_label("peer.name", name)
         return await self.backend.txn([Delete(peer_key(cluster, name))])
+
+    # -- policies and route rules (validated by the writer: the registry does not interpret them) --
+
+    async def set_policy(self, cluster: str, policy: Policy) -> int:
+        _, declared = await self.get_cluster(cluster)
+        return await self._txn(
+            [Put(policy_key(cluster, policy.service), codec.dumps(codec.policy_to_dict(policy)))],
+            [Compare(known_cluster_key(cluster), declared)],
+            cluster,
+        )
+
+    async def remove_policy(self, cluster: str, service: str) -> int:
+        parse_service_key(service)
+        return await self.backend.txn([Delete(policy_key(cluster, service))])
+
+    async def set_routes(self, cluster: str, routes: RouteRules) -> int:
+        _, declared = await self.get_cluster(cluster)
+        return await self._txn(
+            [Put(routes_key(cluster, routes.service), codec.dumps(codec.routes_to_dict(routes)))],
+            [Compare(known_cluster_key(cluster), declared)],
+            cluster,
+        )
+
+    async def remove_routes(self, cluster: str, service: str) -> int:
+        parse_service_key(service)
+        return await self.backend.txn([Delete(routes_key(cluster, service))])
 
     async def _txn(self, ops: Sequence[Put | Delete], guards: Sequence[Compare], cluster: str) -> int:
         try:
