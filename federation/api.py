@@ -12,7 +12,8 @@ Operator calls (the CLI and the dashboard; refused when they arrive across a clu
     POST   /v1/peering/token                {"peer": NAME, "ttl_s": S} -> {"token": ..., "expires_at": ...}
     POST   /v1/peering/register             {"token": TOKEN} -> the new peer
 
-Federation calls (from a peer, through the crossing or the local gateway; see `federation.control`):
+Federation calls (from a peer, forwarded by this cluster's east-west gateway with the verified
+identity and the forward secret; see `federation.control` and `gateway.federation_route`):
 
     GET    /v1/federation/export?peer=NAME           what this cluster exports to NAME (snapshot)
     GET    /v1/federation/watch?peer=NAME&from=R     its import stream (snapshot or deltas, heartbeats)
@@ -20,7 +21,8 @@ Federation calls (from a peer, through the crossing or the local gateway; see `f
     POST   /v1/federation/redeem                     spend a peering token's secret (no identity needed)
 
 `export` and `watch` need a verified identity of the cluster named by `peer`, and that cluster
-must be linked. Errors are JSON `{"error": "<one line>"}` with a 4xx/5xx status.
+must be linked. The redeem is also accepted on the bootstrap listener (`control.federation`), which
+refuses every other federation call. Errors are JSON `{"error": "<one line>"}` with a 4xx/5xx status.
 """
 
 from __future__ import annotations
@@ -55,8 +57,13 @@ class Request:
     path: str
     query: dict[str, str]
     body: bytes
-    crossed: bool
+    via: str  # federation.control.VIA_LOCAL, VIA_CROSSING or VIA_GATEWAY
     identity: str | None
+
+    @property
+    def crossed(self) -> bool:
+        """Whether the request came across a cluster boundary."""
+        return self.via != "local"
 
     def json(self) -> Any:
         try:
@@ -109,6 +116,8 @@ async def get_status(plane: Any, req: Request) -> Any:
         "federation": plane.federation_address,
         "peers": sorted(plane._peer_records),
         "refused_crossings": dict(plane.refused_crossings),
+        "federation_calls": [{"via": via, "path": path, "count": count}
+                             for (via, path), count in sorted(plane.federation_calls.items())],
     }
 
 
@@ -211,8 +220,11 @@ async def _dispatch(plane: Any, req: Request) -> Any:
     kind, handler = entry
     if kind == "operator" and req.crossed:
         raise HttpError(403, "operator calls are not accepted across clusters")
-    if kind == "federation" and not req.crossed:
-        raise HttpError(403, "federation calls must arrive through the federation crossing or the gateway")
+    if kind == "federation" and req.via != "gateway":
+        raise HttpError(403, "federation calls must arrive through this cluster's east-west gateway "
+                             "(authority federation.isthmus)")
+    if kind != "operator":
+        plane.count_federation_call(req.via, req.path)
     return await handler(plane, req)
 
 
@@ -251,8 +263,8 @@ def make_app(plane: Any) -> Callable[..., Awaitable[None]]:
             if not message.get("more_body"):
                 break
         try:
-            crossed, identity = plane.caller_identity(scope.get("client"), headers)
-            req = Request(scope["method"], scope["path"], query, body, crossed, identity)
+            via, identity = plane.caller_identity(scope.get("client"), headers)
+            req = Request(scope["method"], scope["path"], query, body, via, identity)
             result = await _dispatch(plane, req)
         except (HttpError, FederationError, RegistryError, PeeringError, PermissionError, ValidationError) as exc:
             status = _status_of(exc)

@@ -63,7 +63,7 @@ class _Versions:
 
 
 _MISSING = object()
-_PARTS = ("services", "endpoints", "exports", "peers")
+_PARTS = ("services", "endpoints", "exports", "peers", "policies", "routes")
 
 
 def catalog_delta(a: Catalog, b: Catalog, *, from_revision: int | None = None, to_revision: int | None = None) -> CatalogDelta:
@@ -84,6 +84,10 @@ def catalog_delta(a: Catalog, b: Catalog, *, from_revision: int | None = None, t
         to_revision=b.revision if to_revision is None else to_revision,
         **kwargs,
     )
+
+
+def _changes_policy(delta: CatalogDelta) -> bool:
+    return bool(delta.policies_put or delta.policies_removed or delta.routes_put or delta.routes_removed)
 
 
 class CatalogHub:
@@ -110,7 +114,8 @@ class CatalogHub:
             if delta.empty:
                 return None
         self.revision += 1
-        value = Catalog(merged.cluster, self.revision, merged.services, merged.endpoints, merged.exports, merged.peers)
+        value = Catalog(merged.cluster, self.revision, merged.services, merged.endpoints, merged.exports, merged.peers,
+                        merged.policies, merged.routes)
         if delta is not None:
             self.deltas[self.revision] = delta
         self.versions.add(self.revision, value)
@@ -144,6 +149,13 @@ class CatalogHub:
                 delta = self.deltas.get(revision) if sent == revision - 1 else None
                 if delta is None:
                     delta = catalog_delta(base, catalog)
+                if _changes_policy(delta):
+                    # The gateways' delta form carries no policies or route rules: a change to them
+                    # (rare, written by an operator) is sent as a snapshot.
+                    message = self.snapshot_message()
+                    sent = message["revision"]
+                    yield message
+                    continue
                 yield {"type": "delta", "epoch": self.epoch, "from": sent, "revision": revision,
                        "delta": delta_to_json(delta)}  # fmt: skip
                 sent = revision

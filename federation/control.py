@@ -5,26 +5,45 @@
 - a follower of this cluster's catalog in the registry (`registry.url.serve_followed_catalog`:
   last-known-good through backend outages); every local catalog is published to the
   `ExportHub` (what peers may import) and merged with the trusted imports into the
-  `CatalogHub` (what this cluster's gateways stream from `GET /v1/catalog/watch`);
+  `CatalogHub` (what this cluster's gateways stream from `GET /v1/catalog/watch`), with the
+  cluster config's `[policies."svc"]` and `[[routes."svc"]]` as defaults under the policies and
+  route rules written to the registry (`isthmus service policy|routes`), which win per service;
 - one `PeerImport` per peer in the registry (`/isthmus/<cluster>/peers/<name>`), started and
   stopped as peers are registered and removed; trusted imports are persisted under
   `<data_dir>/imports/<peer>.json` and served, stale, after a restart until the peer confirms them;
 - the local HTTP API (hypercorn, trio worker) on `control.api`, loopback only (`federation.api`);
-- the federation crossing on `control.federation` (default: the API port + 1): mutual TLS with the
-  cluster's identity (`<pki>/clusters/<c>/identities/control`, else `gateway`), the caller's SPIFFE
-  ID verified after the handshake, then the connection is relayed to the local API and the verified
-  identity is attached to it in-process (`crossings`, keyed by the relay's local port, so no
-  header can forge it). Peers dial each other's crossing directly: this is the documented
-  fallback until the east-west gateway forwards `/v1/federation/*` itself; when it does, it sets
-  `x-forwarded-client-cert: URI=<spiffe id>` (or its own `x-isthmus-peer-identity: <spiffe id>`) and
-  `x-isthmus-forward-secret: <data_dir>/control/forward.secret`; the API accepts a forwarded
-  identity only with that secret.
+- one probe per peer (every `probe_interval_s`, 1 s by default): up, round trip, clock skew and the
+  identity the peer presented (`isthmus_peer_probe_*`, `isthmus cluster list/check`).
+
+One crossing per cluster. Which federation call takes which path, and why:
+
+| call (caller -> callee)                      | path                                              |
+| -------------------------------------------- | ------------------------------------------------- |
+| `GET /v1/federation/watch` (the import)      | the peer's east-west gateway (`Peer.gateway`)     |
+| `GET /v1/federation/probe`                   | the peer's east-west gateway                      |
+| `GET /v1/federation/export` (a snapshot)     | the peer's east-west gateway                      |
+| `POST /v1/federation/redeem` (peering)       | the issuer's bootstrap listener (`token.control`) |
+
+Through the gateway: mutual TLS with this cluster's identity (`<pki>/clusters/<c>/identities/control`,
+else `gateway`), SNI and `Host` `federation.isthmus`; the gateway verifies the caller's SPIFFE ID
+and forwards the call over loopback to its control plane's API with `x-isthmus-peer-identity:
+<spiffe id>` and `x-isthmus-forward-secret: <data_dir>/control/forward.secret`
+(`gateway.federation_route`); the API accepts a forwarded identity (that header or
+`x-forwarded-client-cert: URI=...`) only with that secret, so only its own gateway can assert one.
+The caller checks that the gateway's identity belongs to the peer cluster.
+
+The bootstrap listener on `control.federation` (default: the API port + 1) serves the peering
+redeem only: when a cluster redeems a token, the issuer's gateway does not trust it yet (the two
+clusters may have different roots and the gateway requires a client certificate), so the redeemer
+calls the issuer's control plane directly over TLS, authenticated by the token's one-time secret
+(the issuer by the bundle in the token). The listener relays each connection to the local API and
+attaches the verified identity, if any, in-process (`crossings`, keyed by the relay's local port);
+the API refuses every other federation call arriving that way ("through the east-west gateway").
 
 Peering (`register_with_token`): the redeeming side verifies the token, then calls the issuer's
-`POST /v1/federation/redeem` over TLS (the issuer is authenticated by the bundle in the token; the
-redeemer by the one-time secret, since the issuer may not trust its root yet), and both sides store
-the other as a `Peer` with its trust bundle. Mutual TLS between them then trusts the union of the
-local bundle and the peers' bundles.
+`POST /v1/federation/redeem`, and both sides store the other as a `Peer` with its trust bundle.
+Mutual TLS between them then trusts the union of the local bundle and the peers' bundles (the
+gateways load the peers' bundles from the catalog they stream).
 """
 
 from __future__ import annotations
@@ -51,18 +70,20 @@ from certs import tls as certs_tls
 from certs.errors import CertsError
 from certs.store import Identity, TrustBundle, load_bundle, load_identity
 from federation import peering
-from federation.authz import parse_source
 from federation.catalog_stream import CatalogHub, ExportHub
 from federation.config import ClusterConfig
-from federation.errors import FederationError
+from federation.errors import ConfigError, FederationError
 from federation.imports import ExportView, PeerContext, merge
-from federation.metrics import PlaneMetrics
+from federation.metrics import PlaneMetrics, peer_readings
 from federation.peer_import import PeerImport, Stream, StreamBroken
 from federation.sync import SyncState
+from gateway.authz import parse_source
+from gateway.errors import ConfigInvalid
+from gateway.request_policy import validate_policy, validate_routes
 from registry import codec
 from registry.backend import Backend
 from registry.errors import ValidationError
-from registry.model import Catalog, Peer, parse_host_port
+from registry.model import Catalog, Peer, Policy, RouteRules, parse_host_port
 from registry.store import Store
 from registry.url import CatalogView, serve_followed_catalog
 
@@ -72,6 +93,10 @@ FORWARD_SECRET_HEADER = "x-isthmus-forward-secret"
 XFCC_HEADER = "x-forwarded-client-cert"
 PEER_IDENTITY_HEADER = "x-isthmus-peer-identity"  # what the east-west gateway attaches to requests
 ALPN = ("http/1.1",)
+# The reserved authority of federation calls on a peer's east-west listener (`gateway.federation_route`).
+FEDERATION_AUTHORITY = "federation.isthmus"
+# How a call reached the API: from this host, relayed by the bootstrap listener, or forwarded by our gateway.
+VIA_LOCAL, VIA_CROSSING, VIA_GATEWAY = "local", "crossing", "gateway"
 
 
 class PeeringFailed(FederationError):
@@ -188,7 +213,7 @@ class ControlPlane:
         rng: random.Random | None = None,
         heartbeat_s: float = 5.0,
         idle_timeout_s: float = 15.0,
-        probe_interval_s: float = 10.0,
+        probe_interval_s: float = 1.0,
     ) -> None:
         self.config = config
         self.name = config.cluster.name
@@ -215,12 +240,15 @@ class ControlPlane:
         self._published_views: dict[str, ExportView | None] = {}
         self.crossings: dict[int, str | None] = {}
         self.refused_crossings: dict[str, int] = {}
+        # Federation calls served, by how they arrived and their path (`/v1/status`).
+        self.federation_calls: dict[tuple[str, str], int] = {}
         self._nursery: trio.Nursery | None = None
         self._dirty: set[str] = set()
         self._dirty_event = trio.Event()
         self.api_url = f"http://{config.control_api}"
         self._server_context = self._make_server_context()
         self.metrics = PlaneMetrics(self)
+        self.default_policies, self.default_routes = config_policies(config)
 
     # -- TLS --------------------------------------------------------------------------------
 
@@ -255,7 +283,14 @@ class ControlPlane:
         return views
 
     def republish(self) -> None:
-        self.catalogs.publish(merge(self.local, self.trusted_views()))
+        merged = merge(self.local, self.trusted_views())
+        # The cluster config's `[policies]` and `[routes]` are defaults; values written to the
+        # registry (API, CLI, Terraform) win, service by service.
+        self.catalogs.publish(attrs.evolve(
+            merged,
+            policies={**self.default_policies, **self.local.policies},
+            routes={**self.default_routes, **self.local.routes},
+        ))
 
     async def _on_local(self, view: CatalogView) -> None:
         self.local_stale = view.reason if view.stale else ""
@@ -365,16 +400,29 @@ class ControlPlane:
 
     # -- talking to peers ---------------------------------------------------------------------
 
+    def _via_gateway(self, peer: Peer, path: str) -> tuple[str, dict[str, Any]]:
+        """The URL and request options of a federation call to `peer` through its east-west gateway."""
+        return f"https://{peer.gateway}{path}", {
+            "headers": {"host": FEDERATION_AUTHORITY},
+            "extensions": {"sni_hostname": FEDERATION_AUTHORITY},
+        }
+
+    def _check_gateway_identity(self, peer: Peer, identity: str | None) -> None:
+        expected = f"spiffe://{self.config.trust_domain}/cluster/{peer.name}/"
+        if identity is None or not identity.startswith(expected):
+            raise StreamBroken(f"the gateway at {peer.gateway} presented {identity}, not an identity of cluster {peer.name}")
+
     @contextlib.asynccontextmanager
     async def _open_import_stream(self, peer: Peer, from_revision: int) -> AsyncIterator[Stream]:
-        url = f"https://{peer.control}/v1/federation/watch"
+        url, options = self._via_gateway(peer, "/v1/federation/watch")
         try:
             async with httpx.AsyncClient(verify=self.client_context(), timeout=httpx.Timeout(5.0, read=None)) as client:
-                async with client.stream("GET", url, params={"peer": self.name, "from": from_revision}) as response:
+                async with client.stream("GET", url, params={"peer": self.name, "from": from_revision}, **options) as response:
+                    sender, _ = _identity_of(_ssl_of(response))
+                    self._check_gateway_identity(peer, sender)
                     if response.status_code != 200:
                         body = (await response.aread()).decode("utf-8", "replace")[:200]
-                        raise StreamBroken(f"{url}: HTTP {response.status_code}: {body}")
-                    sender, _ = _identity_of(_ssl_of(response))
+                        raise StreamBroken(f"{url}: HTTP {response.status_code}: {body.strip()}")
                     yield Stream(sender, _json_lines(response))
         except httpx.HTTPError as exc:
             raise StreamBroken(f"{url}: {_describe(exc)}") from None
@@ -382,19 +430,34 @@ class ControlPlane:
     async def _serve_probe(self, peer: Peer) -> None:
         await trio.sleep(self.rng.random() * 0.5)
         while True:
-            self.probes[peer.name] = await self.probe(peer)
-            await trio.sleep(self.probe_interval_s)
-
-    async def probe(self, peer: Peer) -> Probe:
-        url = f"https://{peer.control}/v1/federation/probe"
-        try:
+            # One kept-alive connection through the peer's gateway: the round trip measured is the
+            # crossing's, not a TLS handshake's (a failed probe starts a new connection).
             async with httpx.AsyncClient(verify=self.client_context(), timeout=5.0) as client:
+                while True:
+                    probe = await self.probe(peer, client)
+                    previous = self.probes.get(peer.name)
+                    self.probes[peer.name] = probe
+                    imp = self.imports.get(peer.name)
+                    if not probe.error and (previous is None or previous.error) and imp is not None:
+                        imp.wake()  # the peer answers (again): reconnect its import now, not after the backoff
+                    await trio.sleep(self.probe_interval_s)
+                    if probe.error:
+                        break
+
+    async def probe(self, peer: Peer, client: httpx.AsyncClient | None = None) -> Probe:
+        """One round trip to the peer's control plane through its gateway."""
+        url, options = self._via_gateway(peer, "/v1/federation/probe")
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if client is None:
+                    client = await stack.enter_async_context(httpx.AsyncClient(verify=self.client_context(), timeout=5.0))
                 start = trio.current_time()
                 before = time.time()
-                response = await client.get(url)
+                response = await client.get(url, **options)
                 rtt = trio.current_time() - start
                 after = time.time()
                 identity, not_after = _identity_of(_ssl_of(response))
+                self._check_gateway_identity(peer, identity)
                 if response.status_code != 200:
                     return Probe(rtt, None, identity, not_after, f"HTTP {response.status_code}: {response.text[:200]}", after)
                 remote = float(response.json().get("time", 0))
@@ -479,6 +542,7 @@ class ControlPlane:
         imp = self.imports.get(name)
         probe = self.probes.get(name, Probe())
         now = trio.current_time()
+        readings = peer_readings(self, name, now)  # what /metrics (and so the dashboard) shows
         sync = imp.sync if imp else None
         view = sync.trusted_view() if sync else None
         return {
@@ -488,17 +552,18 @@ class ControlPlane:
             "control": peer.control,
             "state": sync.state.value if sync else "connecting",
             "last_sync_age_s": None if sync is None or sync.last_sync_at is None else round(now - sync.last_sync_at, 3),
-            "revision": sync.revision if sync else None,
-            "stale_s": None if sync is None else _round(sync.staleness(now)),
+            "revision": readings.revision,
+            "stale_s": _round(readings.stale_s),
             "imported_services": 0 if view is None else len(view.services),
             "imported_endpoints": 0 if view is None else len(view.endpoints),
             "exported_services": len(self.exports.view(name).services),
             "refused": dict(sync.refused) if sync else {},
             "last_error": (sync.last_error if sync else "") or probe.error or "",
-            "rtt_ms": None if probe.rtt_s is None else round(probe.rtt_s * 1000, 2),
+            "probe": "unknown" if readings.probe_up is None else "up" if readings.probe_up else "down",
+            "rtt_ms": None if readings.rtt_s is None else round(readings.rtt_s * 1000, 2),
             "clock_skew_s": _round(probe.skew_s),
             "peer_identity": probe.identity,
-            "resyncs": len(imp.resyncs) if imp else 0,
+            "resyncs": readings.resyncs,
         }
 
     def peers_status(self) -> list[dict[str, Any]]:
@@ -518,7 +583,7 @@ class ControlPlane:
         if probe.error and probe.rtt_s is None:
             add("reachability", "fail", probe.error)
         else:
-            add("reachability", "ok", f"{peer.control} answered")
+            add("reachability", "ok", f"{name}'s control plane answered through its gateway {peer.gateway}")
         now = time.time()
         local_left = self.identity.not_after.timestamp() - now
         # Renewal is due at two thirds of the lifetime (certs.rotation): with less than a third
@@ -602,15 +667,19 @@ class ControlPlane:
             await trio.aclose_forcefully(upstream)
             await trio.aclose_forcefully(stream)
 
-    def caller_identity(self, client: tuple[str, int] | None, headers: dict[str, str]) -> tuple[bool, str | None]:
-        """(came across a cluster boundary, verified SPIFFE ID or None) for one API request."""
+    def caller_identity(self, client: tuple[str, int] | None, headers: dict[str, str]) -> tuple[str, str | None]:
+        """(how the request arrived: VIA_LOCAL, VIA_CROSSING or VIA_GATEWAY; the verified SPIFFE ID or None)."""
         if client is not None and client[1] in self.crossings:
-            return True, self.crossings[client[1]]
+            return VIA_CROSSING, self.crossings[client[1]]
         if XFCC_HEADER in headers or PEER_IDENTITY_HEADER in headers or FORWARD_SECRET_HEADER in headers:
             if not secrets.compare_digest(headers.get(FORWARD_SECRET_HEADER, ""), self.forward_secret):
                 raise PermissionError("a forwarded identity without this cluster's forward secret")
-            return True, _xfcc_uri(headers.get(XFCC_HEADER, "")) or headers.get(PEER_IDENTITY_HEADER) or None
-        return False, None
+            return VIA_GATEWAY, _xfcc_uri(headers.get(XFCC_HEADER, "")) or headers.get(PEER_IDENTITY_HEADER) or None
+        return VIA_LOCAL, None
+
+    def count_federation_call(self, via: str, path: str) -> None:
+        key = (via, path)
+        self.federation_calls[key] = self.federation_calls.get(key, 0) + 1
 
     def linked_peer_of(self, identity: str | None, claimed: str) -> Peer:
         """The peer a verified identity speaks for; PermissionError otherwise."""
@@ -665,6 +734,28 @@ async def serve_control_plane(
 
 
 # -- small pieces --------------------------------------------------------------------------------
+
+
+def config_policies(config: ClusterConfig) -> tuple[dict[str, Policy], dict[str, RouteRules]]:
+    """The `[policies."svc"]` and `[[routes."svc"]]` tables of a cluster config, validated as the
+    gateways will read them; `ConfigError` naming the file and the service otherwise."""
+    source = str(getattr(config, "path", None) or "cluster config")
+    policies: dict[str, Policy] = {}
+    routes: dict[str, RouteRules] = {}
+    raw_policies = config.raw.get("policies") or {}
+    raw_routes = config.raw.get("routes") or {}
+    try:
+        if not isinstance(raw_policies, dict):
+            raise ConfigInvalid("policies: must be a table of services")
+        if not isinstance(raw_routes, dict):
+            raise ConfigInvalid("routes: must be a table of services")
+        for service, spec in raw_policies.items():
+            policies[service] = validate_policy(service, spec)
+        for service, rules in raw_routes.items():
+            routes[service] = validate_routes(service, rules)
+    except (ConfigInvalid, ValidationError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return policies, routes
 
 
 async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:

@@ -9,6 +9,10 @@ Names and labels are those of `federation/dashboard/METRICS.md` ("Federation"):
 
 Each control plane has its own `CollectorRegistry` (never the global one). Gauges and counters are
 read from the plane's state at scrape time; only the sync latency is observed as it happens.
+`peer_readings(plane, name, now)` is the one reading of a peer's probe and import: the gauges here,
+`GET /v1/peers` (`isthmus cluster list`) and so the dashboard (which scrapes these gauges) show the
+same probe state, round trip and staleness. Probes go to the peer's control plane through its
+east-west gateway (`federation.control`).
 """
 
 from __future__ import annotations
@@ -17,12 +21,37 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import trio
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@attrs.frozen
+class PeerReadings:
+    """What this control plane knows of one peer right now (None: not measured yet)."""
+
+    probe_up: bool | None  # the last probe answered (None: no probe finished yet)
+    rtt_s: float | None  # round trip of the last probe, when it answered
+    revision: int | None  # revision of the peer's catalog imported here
+    stale_s: float | None  # how long the import has been unconfirmed (None: fresh)
+    resyncs: int
+
+
+def peer_readings(plane: Any, name: str, now: float) -> PeerReadings:
+    probe = plane.probes.get(name)
+    answered = probe is not None and probe.at is not None and not probe.error
+    imp = plane.imports.get(name)
+    return PeerReadings(
+        probe_up=None if probe is None or probe.at is None else answered,
+        rtt_s=probe.rtt_s if answered else None,
+        revision=None if imp is None else imp.sync.revision,
+        stale_s=None if imp is None else imp.sync.staleness(now),
+        resyncs=0 if imp is None else len(imp.resyncs),
+    )
 
 
 class PlaneCollector:
@@ -49,18 +78,18 @@ class PlaneCollector:
         refused = CounterMetricFamily("isthmus_federation_refused", "items a peer sent that were refused", labels=["peer", "reason"])
         for name, peer in sorted(plane._peer_records.items()):
             info.add_metric([name, peer.region, ",".join(peer.zones)], 1)
-            probe = plane.probes.get(name)
-            if probe is not None and probe.at is not None:
-                up.add_metric([me, name], 0.0 if probe.error else 1.0)
-                if probe.rtt_s is not None and not probe.error:
-                    rtt.add_metric([me, name], probe.rtt_s)
+            readings = peer_readings(plane, name, now)
+            if readings.probe_up is not None:
+                up.add_metric([me, name], 1.0 if readings.probe_up else 0.0)
+            if readings.rtt_s is not None:
+                rtt.add_metric([me, name], readings.rtt_s)
             imp = plane.imports.get(name)
             if imp is None:
                 continue
-            if imp.sync.revision is not None:
-                revision.add_metric([name], imp.sync.revision)
-            stale.add_metric([name], imp.sync.staleness(now) or 0.0)
-            resyncs.add_metric([name], len(imp.resyncs))
+            if readings.revision is not None:
+                revision.add_metric([name], readings.revision)
+            stale.add_metric([name], readings.stale_s or 0.0)
+            resyncs.add_metric([name], readings.resyncs)
             for reason, count in sorted(imp.sync.refused.items()):
                 refused.add_metric([name, reason], count)
         handshakes = CounterMetricFamily("isthmus_tls_handshake_failures", "refused TLS handshakes", labels=["listener", "reason"])

@@ -4,7 +4,8 @@ The decisions are `federation.sync`'s (pure); this module only moves messages fr
 import stream into `on_message` and reports every change. The transport is a callable
 `open_stream(from_revision)` returning an async context manager that yields a `Stream` (the
 identity the peer authenticated as, and its decoded messages); `federation.control` provides the
-HTTP one, tests provide scripted ones. Transport failures are `StreamBroken`.
+HTTP one (`GET /v1/federation/watch` through the peer's east-west gateway, authority
+`federation.isthmus`), tests provide scripted ones. Transport failures are `StreamBroken`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class PeerImport:
         self.resyncs: list[Resynced] = []
         self._started_stale = initial is not None
         self._logged: set[tuple[str, str]] = set()
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Cut the current reconnect backoff short (the peer was seen answering again)."""
+        self._wake.set()
 
     def __repr__(self) -> str:
         return f"<PeerImport {self.sync.peer} {self.sync.state.value} rev={self.sync.revision}>"
@@ -101,7 +107,9 @@ class PeerImport:
                 log.warning("peer %s: import stream lost (%s); imports kept, marked stale", self.sync.peer, error)
                 attempt = 0
             self.on_change(self)
-            await trio.sleep(reconnect_delay(attempt, self.rng))
+            self._wake = trio.Event()
+            with trio.move_on_after(reconnect_delay(attempt, self.rng)):
+                await self._wake.wait()
             attempt += 1
 
     async def _run_once(self) -> None:

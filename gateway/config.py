@@ -1,7 +1,7 @@
 """One gateway's configuration: frozen, validated attrs values with units in their names.
 
 Owns `GatewayConfig` (cluster, locality, listener addresses, TLS material, outbound TCP port
-map, authority aliases, timeouts, catalog file) and `GatewayConfig.from_mapping()`, which reads a
+map, authority aliases, timeouts, catalog file, the control-plane API federation calls go to) and `GatewayConfig.from_mapping()`, which reads a
 cluster config's `[gateway]` table. Errors are `gateway.errors.ConfigInvalid` naming the field.
 
 Pure: imports neither trio nor `federation` (the command line builds this from its cluster config).
@@ -131,6 +131,23 @@ class GatewayConfig:
     max_header_bytes: int = attrs.field(default=DEFAULT_MAX_HEADER_BYTES, validator=_positive_int)
     max_concurrent_streams: int = attrs.field(default=256, validator=_positive_int)
     reuse_port: bool = False
+    # The local address outgoing connections bind (None: the east-west listener's host when it is a
+    # specific loopback address other than 127.0.0.1, else any; `gateway.net.source_address_of`).
+    source_address: str | None = attrs.field(default=None)
+    # This cluster's control-plane API (loopback): federation calls from peers (authority
+    # `federation.isthmus`, `gateway.federation_route`) are forwarded there with the verified
+    # identity and the secret read from `forward_secret_file`. None: such calls get 404.
+    control_api: str | None = attrs.field(default=None)
+    forward_secret_file: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+
+    @source_address.validator
+    def _check_source_address(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigInvalid(f"gateway.source_address: {value!r} is not an IP address") from None
 
     @cluster.validator
     def _check_cluster(self, attribute: attrs.Attribute, value: Any) -> None:
@@ -150,6 +167,11 @@ class GatewayConfig:
     @admin.validator
     def _check_admin(self, attribute: attrs.Attribute, value: Any) -> None:
         _loopback("gateway.admin", _address("gateway.admin", value))
+
+    @control_api.validator
+    def _check_control_api(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None:
+            _loopback("gateway.control_api", _address("gateway.control_api", value))
 
     def __attrs_post_init__(self) -> None:
         if self.alias_suffixes is None:
@@ -208,6 +230,10 @@ class GatewayConfig:
             if not isinstance(kwargs["catalog_file"], str) or not kwargs["catalog_file"]:
                 raise ConfigInvalid(f"gateway.catalog_file: {kwargs['catalog_file']!r} is not a path")
             kwargs["catalog_file"] = (base_dir or Path.cwd()) / kwargs["catalog_file"]
+        if "forward_secret_file" in kwargs:
+            if not isinstance(kwargs["forward_secret_file"], str) or not kwargs["forward_secret_file"]:
+                raise ConfigInvalid(f"gateway.forward_secret_file: {kwargs['forward_secret_file']!r} is not a path")
+            kwargs["forward_secret_file"] = (base_dir or Path.cwd()) / kwargs["forward_secret_file"]
         if "tcp_ports" in kwargs and not isinstance(kwargs["tcp_ports"], Mapping):
             raise ConfigInvalid("gateway.tcp_ports: must be a table of port = \"name.namespace\"")
         kwargs.update({k: v for k, v in overrides.items() if v is not None})

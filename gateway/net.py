@@ -1,13 +1,21 @@
 """Sockets and TLS for the gateway's trio shell: listeners (with SO_REUSEPORT), connecting with a
 deadline, mutual-TLS client connections that check the server's SPIFFE ID, and a stream that
 replays bytes already read (the ClientHello and HTTP/2 preface peeks).
+
+Source address: outgoing connections may bind a local address (`local_address`), so traffic
+between two clusters on one machine leaves from each cluster's own loopback address and drills
+can partition them with iptables. `source_address_of(config)` gives a gateway's choice:
+`GatewayConfig.source_address` when set, else the east-west listener's host when it is a
+specific loopback address other than 127.0.0.1 (the demo binds each cluster to 127.0.N.1), else none.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import ssl
+from typing import Any
 
 import trio
 
@@ -75,11 +83,26 @@ def set_nodelay(stream: trio.abc.Stream) -> None:
             pass
 
 
-async def connect(host: str, port: int, *, timeout_s: float) -> trio.SocketStream:
-    """A TCP connection, or `UpstreamConnectError` naming the address."""
+def source_address_of(config: Any) -> str | None:
+    """The local address a gateway's outgoing connections bind (see the module docstring)."""
+    chosen = getattr(config, "source_address", None)
+    if chosen:
+        return str(chosen)
+    try:
+        host = config.eastwest_address[0]
+        address = ipaddress.ip_address(host)
+    except (AttributeError, ValueError):
+        return None
+    if address.is_loopback and address.version == 4 and str(address) != "127.0.0.1":
+        return str(address)
+    return None
+
+
+async def connect(host: str, port: int, *, timeout_s: float, local_address: str | None = None) -> trio.SocketStream:
+    """A TCP connection (from `local_address` when given), or `UpstreamConnectError` naming the address."""
     try:
         with trio.fail_after(timeout_s):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     except trio.TooSlowError:
         # A connect that times out is a connect failure (503, and another endpoint may be tried).
         raise UpstreamConnectError(f"connect to {host}:{port} timed out after {timeout_s}s") from None
@@ -97,9 +120,10 @@ async def connect_tls(
     server_name: str,
     expect_cluster: str | None,
     timeout_s: float,
+    local_address: str | None = None,
 ) -> trio.SSLStream:
     """Mutual TLS to a peer gateway; the server's SPIFFE ID must belong to `expect_cluster`."""
-    tcp = await connect(host, port, timeout_s=timeout_s)
+    tcp = await connect(host, port, timeout_s=timeout_s, local_address=local_address)
     stream = trio.SSLStream(tcp, context, server_hostname=server_name, https_compatible=False)
     try:
         with trio.fail_after(timeout_s):

@@ -27,13 +27,17 @@ from gateway.errors import (
     GatewayError,
     NoHealthyEndpoint,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamReset,
     UpstreamTimeout,
 )
 from gateway.h2conn import ConnectionGone, H2Conn, H2Stream, StreamReset
 from gateway.headers import CLUSTER, REASON, response_headers_out, strip_hop_by_hop
+from gateway.lb.policy import RetryPolicy, TimeoutPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.net import connect, connect_tls
+from gateway.probes import PROBE_AUTHORITY, serve_probe
+from gateway.retrying import ReplayBody, ResponseHeld, open_plan, response_retriable, try_outcome
 from gateway.routes import RoutingTable
 from registry.model import Endpoint, Service, parse_host_port
 
@@ -123,6 +127,11 @@ class Counts:
     request_bytes: int = 0
     response_bytes: int = 0
     request_sent: bool = False  # the whole request (body included) has gone upstream
+    destination_cluster: str = "unknown"
+    # Set by the attempt loop per try: the wait for response headers (None: `request_timeout_s`),
+    # and a callback told each response head; True means "drop this response, a retry follows".
+    try_timeout_s: float | None = None
+    on_head: Callable[[int, str], bool] | None = None
 
 
 def error_body(status: int, reason: str) -> bytes:
@@ -165,6 +174,8 @@ class Upstreams:
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_idle_h1 = max_idle_h1
+        # The local address outgoing connections bind (`gateway.net.source_address_of`); None: any.
+        self.source_address: str | None = None
         self.h2: dict[tuple[str, int, str | None], H2Conn] = {}
         self._locks: dict[tuple[str, int, str | None], trio.Lock] = {}
         self.h1_idle: dict[tuple[str, int], list[H1Upstream]] = {}
@@ -184,10 +195,12 @@ class Upstreams:
             if conn is not None and conn.usable:
                 return conn
             if tls_sni is None:
-                stream: trio.abc.Stream = await connect(host, port, timeout_s=self.connect_timeout_s)
+                stream: trio.abc.Stream = await connect(host, port, timeout_s=self.connect_timeout_s,
+                                                        local_address=self.source_address)
             else:
                 stream = await connect_tls(host, port, self.contexts.client, server_name=tls_sni,
-                                           expect_cluster=expect_cluster, timeout_s=self.connect_timeout_s)
+                                           expect_cluster=expect_cluster, timeout_s=self.connect_timeout_s,
+                                           local_address=self.source_address)
                 if stream.selected_alpn_protocol() != "h2":
                     await trio.aclose_forcefully(stream)
                     raise UpstreamConnectError(f"peer gateway {host}:{port} did not agree to HTTP/2")
@@ -210,7 +223,7 @@ class Upstreams:
             up = idle.pop()
             up.reused = True
             return up
-        stream = await connect(host, port, timeout_s=self.connect_timeout_s)
+        stream = await connect(host, port, timeout_s=self.connect_timeout_s, local_address=self.source_address)
         return H1Upstream(stream, (host, port))
 
     def h1_release(self, up: H1Upstream) -> bool:
@@ -249,49 +262,40 @@ class Proxy:
         self.idle_timeout_s = idle_timeout_s
         self.rng = rng or random.Random()
         self.in_flight = 0
+        # Answers gateway-pair probes on the east-west listener; set by `gateway.failover`.
+        self.probe_answer: Callable[[str | None], bytes] | None = None
+        # Route rules, authorization, faults, trace context, access log (`gateway.request_policy`).
+        self.policy: Any = None
 
     async def handle(self, req: Request, responder: Responder, *, eastwest: bool) -> None:
         """Serve one request end to end; never raises for upstream or downstream failures."""
+        if eastwest and self.probe_answer is not None and req.authority == PROBE_AUTHORITY:
+            await serve_probe(self.probe_answer, req, responder)  # a peer gateway's probe (`gateway.probes`)
+            return
         table = self.table()
         start = trio.current_time()
         counts = Counts()
         service_key = "unknown"
-        dest_cluster = "unknown"
         status = 0
         reason = ""
         self.in_flight += 1
+        state = None if self.policy is None else self.policy.start(req, responder, eastwest=eastwest)
+        if state is not None:
+            responder = state.responder
         try:
             service = table.service_for_authority(req.authority.decode("latin-1"))
             service_key = service.key
-            if eastwest and not table.exported_to(service.key, req.source_cluster):
-                raise Forbidden(f"{service.key} is not exported to cluster {req.source_cluster!r}")
-            picker = table.picker(service.key, local_only=eastwest)
-            tried: list[str] = []
-            while True:
-                endpoint = picker.pick(trio.current_time(), self.rng, tried)
-                dest_cluster = endpoint.cluster
-                # Every pick gets exactly one report (the balancer counts requests in flight).
-                outcome: str | int = "reset"
-                try:
-                    status, reason = await self._forward(table, service, endpoint, req, responder, counts)
-                    outcome = status
-                    break
-                except UpstreamConnectError:
-                    outcome = "connect-failure"
-                    tried.append(endpoint.id)
-                    # Nothing reached the upstream: one more endpoint may be tried.
-                    if responder.started or counts.request_bytes or len(tried) > 1:
-                        raise
-                    if not self._has_another(picker, tried, endpoint):
-                        raise
-                except UpstreamTimeout:
-                    outcome = "timeout"
-                    raise
-                except DownstreamGone:
-                    outcome = "cancelled"
-                    raise
-                finally:
-                    picker.report(endpoint.id, outcome, trio.current_time())
+            if state is not None:
+                picker = state.route(req, service, table)
+                await state.apply_fault()
+                retry, timeout = state.route_policies()
+                status, reason = await self._attempts(table, service, req, responder, counts, eastwest=eastwest,
+                                                      retry=retry, timeout=timeout, picker=picker,
+                                                      on_pick=state.on_pick)
+            else:
+                if eastwest and not table.exported_to(service.key, req.source_cluster):
+                    raise Forbidden(f"{service.key} is not exported to cluster {req.source_cluster!r}")
+                status, reason = await self._attempts(table, service, req, responder, counts, eastwest=eastwest)
         except GatewayError as exc:
             status, reason = exc.status, exc.reason
             await self._fail(responder, status, reason)
@@ -309,20 +313,104 @@ class Proxy:
         finally:
             self.in_flight -= 1
             self.metrics.record_request(
-                (req.source_cluster, dest_cluster, service_key, str(status), req.protocol, reason),
+                (req.source_cluster, counts.destination_cluster, service_key, str(status), req.protocol, reason),
                 trio.current_time() - start,
                 counts.request_bytes,
                 counts.response_bytes,
             )
+            if state is not None:
+                state.finish(status, reason, counts, counts.destination_cluster)
 
-    def _has_another(self, picker: Any, tried: list[str], failed: Endpoint) -> bool:
-        """Whether the picker would offer an endpoint not yet tried (the probe pick is reported)."""
+    async def _attempts(self, table: RoutingTable, service: Service, req: Request, responder: Responder,
+                        counts: Counts, *, eastwest: bool, retry: RetryPolicy | None = None,
+                        timeout: TimeoutPolicy | None = None,  # noqa: ASYNC109
+                        picker: Any = None,
+                        on_pick: Callable[[Request, Endpoint], None] | None = None) -> tuple[int, str]:
+        """The tries of one request through the balancer's `RequestPlan` (`gateway.lb`).
+
+        A failed try (connect failure, reset, per-try timeout, a retriable response head: see
+        `gateway.retrying.response_retriable`) is retried on another host, preferably in another
+        locality, while the plan allows it (attempts, idempotent method, deadline, retry budget), the
+        response has not started downstream, and the request body is replayable (nothing sent yet,
+        or at most `gateway.retrying.MAX_REPLAY_BYTES` kept in memory; gRPC: nothing sent). A request
+        without a body has its whole try, connect included, bounded by the per-try timeout until
+        its response head arrives. `retry`/`timeout` are a route's own settings (None: the
+        service's policy). On the east-west listener only connect failures are retried.
+        """
+        if picker is None:
+            picker = table.picker(service.key, local_only=eastwest)
+        plan = open_plan(picker, trio.current_time(), req.method.decode("latin-1"), retry=retry,
+                         timeout=timeout, eastwest=eastwest)
+        retry_on = plan.state.policy.retry_on
+        replay = None if req.body.end_stream else ReplayBody(req.body)
+        grpc = req.protocol == "grpc"
+        last_error: BaseException | None = None
+
+        def replayable() -> bool:
+            if counts.request_bytes == 0:
+                return True
+            return not grpc and (replay is None or replay.replayable)
+
         try:
-            probe = picker.pick(trio.current_time(), self.rng, tried)
-        except NoHealthyEndpoint:
-            return False
-        picker.report(probe.id, "cancelled", trio.current_time())
-        return probe.id not in tried
+            while True:
+                try:
+                    endpoint = plan.pick(trio.current_time(), self.rng)
+                except NoHealthyEndpoint:
+                    if last_error is not None:
+                        raise last_error from None
+                    raise
+                counts.destination_cluster = endpoint.cluster
+                if on_pick is not None:
+                    on_pick(req, endpoint)  # the route's request header edits for this destination
+                counts.request_bytes = counts.response_bytes = 0
+                counts.request_sent = False
+                now = trio.current_time()
+                deadline = plan.try_deadline(now)
+                counts.try_timeout_s = None if deadline is None else max(0.001, deadline - now)
+                via_gateway = endpoint.cluster != table.cluster
+                scope = trio.CancelScope(deadline=deadline if deadline is not None and replay is None else math.inf)
+                finished: list[bool] = []
+
+                def on_head(status: int, reason: str, via_gateway: bool = via_gateway,
+                            scope: trio.CancelScope = scope, finished: list[bool] = finished) -> bool:
+                    scope.deadline = math.inf  # the per-try timeout covers the wait for the head only
+                    if not response_retriable(status, reason, via_gateway=via_gateway, retry_on=retry_on):
+                        return False
+                    if responder.started or not replayable():
+                        return False
+                    finished.append(True)
+                    return plan.finish_try(status, trio.current_time(), status=status).retry
+
+                counts.on_head = on_head
+                try_req = req if replay is None else attrs.evolve(req, body=replay.view())
+                try:
+                    with scope:
+                        status, reason = await self._forward(table, service, endpoint, try_req, responder, counts)
+                    if scope.cancelled_caught:
+                        raise UpstreamTimeout(f"no response from {endpoint.id} within {counts.try_timeout_s:.3g}s")
+                except ResponseHeld as held:
+                    self.metrics.record_retry(service.key, held.reason or str(held.status))
+                    last_error = UpstreamError(f"{held.status} {held.reason} from {endpoint.id}")
+                    last_error.status, last_error.reason = held.status, held.reason or "upstream"
+                    continue
+                except DownstreamGone:
+                    raise
+                except (GatewayError, StreamReset, h11.ProtocolError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as exc:
+                    outcome = try_outcome(exc)
+                    decision = plan.finish_try(outcome, trio.current_time())
+                    if not decision.retry or responder.started or not replayable():
+                        if isinstance(exc, UpstreamTimeout):
+                            self.metrics.record_timeout(service.key)  # the request ends with 504
+                        raise
+                    self.metrics.record_retry(service.key, str(outcome))
+                    last_error = exc
+                    continue
+                if not finished:
+                    plan.finish_try(status, trio.current_time(), status=status)
+                return status, reason
+        finally:
+            plan.close(trio.current_time())
 
     async def _fail(self, responder: Responder, status: int, reason: str) -> None:
         if responder.started:
@@ -379,13 +467,15 @@ class Proxy:
             conn.forget(stream.id)
 
     async def _response_head(self, receive: Callable[[], Any], counts: Counts) -> Any:
-        """The response head; `request_timeout_s` counts from the end of the request body (a
-        streaming request may legitimately take longer to send than that)."""
+        """The response head; the try's timeout (`request_timeout_s` unless the attempt loop set a
+        per-try one) counts from the end of the request body (a streaming request may legitimately
+        take longer to send than that)."""
+        timeout_s = self.request_timeout_s if counts.try_timeout_s is None else counts.try_timeout_s
         while True:
-            with trio.move_on_after(self.request_timeout_s):
+            with trio.move_on_after(timeout_s):
                 return await receive()
             if counts.request_sent:
-                raise UpstreamTimeout(f"no response within {self.request_timeout_s}s")
+                raise UpstreamTimeout(f"no response within {timeout_s:.3g}s")
 
     async def _pump_to_h2(self, body: Body, conn: H2Conn, stream: H2Stream, counts: Counts) -> None:
         try:
@@ -426,6 +516,8 @@ class Proxy:
                     headers.append((name, value))
                 elif name[:1] != b":":
                     headers.append((name, value))
+            if counts.on_head is not None and counts.on_head(status, reason):
+                raise ResponseHeld(status, reason)
             headers = response_headers_out(headers, cluster.encode())
             if stream.finished and not stream.trailers:
                 await responder.start(status, headers, end_stream=True)
@@ -541,6 +633,8 @@ class Proxy:
         status = response.status_code
         raw = [(n, v) for n, v in response.headers]
         reason = next((v.decode("latin-1") for n, v in raw if n == REASON), "")
+        if counts.on_head is not None and counts.on_head(status, reason):
+            raise ResponseHeld(status, reason)
         headers = response_headers_out(raw, endpoint.cluster.encode())
         try:
             event = await up.next_event(self.idle_timeout_s, "response body")

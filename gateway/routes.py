@@ -103,6 +103,24 @@ class RoutingTable:
             self._pickers[(service_key, local_only)] = picker
         return picker
 
+    def subset_picker(self, service_key: str, *, local_only: bool, subset: tuple[tuple[str, str], ...],
+                      factory: PickerFactory | None = None) -> Picker:
+        """A picker over the endpoints whose labels include `subset` (a route rule's label selector),
+        built once per table; `factory` keeps subset balancers apart from the service's own."""
+        key = (service_key, local_only, subset)
+        picker = self._pickers.get(key)  # type: ignore[call-overload]
+        if picker is None:
+            endpoints = tuple(
+                e for e in self.endpoints(service_key, local_only=local_only)
+                if all(dict(e.labels).get(k) == v for k, v in subset)
+            )
+            if not endpoints:
+                wanted = ",".join(f"{k}={v}" for k, v in subset)
+                raise NoHealthyEndpoint(f"service {service_key!r} has no endpoint in subset {wanted}")
+            picker = (factory or self._factory)(endpoints, self.cluster, self.locality)
+            self._pickers[key] = picker  # type: ignore[index]
+        return picker
+
     def peer_gateway(self, cluster: str) -> str:
         peer = self.catalog.peers.get(cluster)
         if peer is None:

@@ -5,7 +5,8 @@ Composition of the data plane (DESIGN "How a request crosses"):
   at L4 to a local endpoint without terminating TLS; anything else is terminated with mutual TLS,
   the peer's SPIFFE ID verified and carried on each request, then served as HTTP/2 or HTTP/1.1 by
   ALPN (routed by `:authority`/`Host`) or, for a `tcp` service named by SNI, pumped at L4; local
-  endpoints only.
+  endpoints only. The reserved authority `federation.isthmus` goes to this cluster's control plane
+  with the verified identity (`gateway.federation_route`).
 - outbound listener (loopback): HTTP/1.1 or h2c (prior-knowledge preface) from local workloads,
   plus one loopback listener per configured TCP port.
 - admin listener (loopback): metrics, readiness, health, the catalog.
@@ -31,10 +32,13 @@ import trio
 from certs.errors import IdentityRejected
 from certs.tls import classify_handshake_error, peer_identity
 from gateway.admin import json_body, serve_admin_connection
+from gateway.authz import AuthzPolicy
 from gateway.catalog_source import CatalogSource
 from gateway.config import GatewayConfig
 from gateway.downstream import ListenerContext, serve_h1, serve_h2
 from gateway.errors import GatewayError
+from gateway.failover import serve_failover
+from gateway.federation_route import FederationRoute
 from gateway.h2conn import H2Conn
 from gateway.lb.balancer import BalancerSet
 from gateway.metrics import GatewayMetrics
@@ -46,7 +50,9 @@ from gateway.net import (
     open_listener,
     set_nodelay,
 )
+from gateway.policy.accesslog import AccessLogConfig
 from gateway.proxy import Proxy, Upstreams
+from gateway.request_policy import RequestPolicy
 from gateway.routes import PickerFactory, RoutingTable
 from gateway.sni import NotClientHello, parse_client_hello
 from gateway.tcp import pump
@@ -87,7 +93,8 @@ class Gateway:
     """The state of one running gateway. Built and driven by `serve_gateway`."""
 
     def __init__(self, config: GatewayConfig, *, picker_factory: PickerFactory | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, authz: AuthzPolicy | None = None,
+                 access_log: AccessLogConfig | None = None) -> None:
         self.config = config
         self.contexts = config.contexts or _Contexts(config.identity, config.bundle)
         self.metrics = GatewayMetrics()
@@ -95,6 +102,10 @@ class Gateway:
         # kept across catalog reloads; `gateway.picker.RoundRobinPicker` fits the same seam.
         self.picker_factory = picker_factory if picker_factory is not None else BalancerSet()
         self.rng = rng or random.Random()
+        # Route rules, authorization, faults, trace context and access logs (`gateway.request_policy`).
+        self.traffic = RequestPolicy(cluster=config.cluster, trust_domain=config.trust_domain, authz=authz,
+                                     access_log=access_log, registry=self.metrics.registry,
+                                     picker_factory=self.picker_factory)
         self._table: RoutingTable | None = None
         self.stale_reason: str | None = None  # why the catalog source stopped, if it did
         self.ready = False
@@ -110,6 +121,8 @@ class Gateway:
         self.proxy: Proxy | None = None
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
+        # Federation calls from peers (authority `federation.isthmus`) go to the local control plane.
+        self.federation = FederationRoute.of(config, self.metrics)
 
     # -- catalog ----------------------------------------------------------------------------------
 
@@ -124,6 +137,9 @@ class Gateway:
 
     def apply_catalog(self, catalog: Catalog) -> None:
         """Build the new routing table first, then swap the one reference (atomic under trio)."""
+        policies = self.traffic.balancer_policies(catalog)
+        if policies is not None and hasattr(self.picker_factory, "set_policies"):
+            self.picker_factory.set_policies(policies)
         table = RoutingTable(
             catalog,
             cluster=self.config.cluster,
@@ -141,6 +157,7 @@ class Gateway:
         try:
             async for catalog in catalogs:
                 self.apply_catalog(catalog)
+                await self.traffic.on_catalog(catalog)
                 self.stale_reason = None
         except (GatewayError, RegistryError, OSError) as exc:
             self.stale_reason = str(exc)
@@ -156,6 +173,7 @@ class Gateway:
         except StopAsyncIteration:
             raise GatewayError("the catalog source ended before giving a catalog") from None
         self.apply_catalog(first)
+        await self.traffic.on_catalog(first)
         listeners: list[tuple[str, trio.SocketListener, Callable[[trio.SocketStream], Awaitable[None]]]] = []
         outbound_host = config.outbound_address[0]
         wanted = [
@@ -182,6 +200,11 @@ class Gateway:
             self.proxy = Proxy(cluster=config.cluster, table=lambda: self.table, upstreams=self.upstreams,
                                metrics=self.metrics, request_timeout_s=config.request_timeout_s,
                                idle_timeout_s=config.idle_timeout_s, rng=self.rng)
+            self.proxy.policy = self.traffic
+            # Health checks, gateway-pair probes, failover metrics, source address (`gateway.failover`).
+            self.failover = await nursery.start(serve_failover, self, source)
+            if self.traffic.access_log is not None:
+                await nursery.start(self.traffic.access_log.serve)
             nursery.start_soon(self._follow, catalogs)
             for name, listener, handler in listeners:
                 nursery.start_soon(self._accept_loop, name, listener, handler)
@@ -340,6 +363,7 @@ class Gateway:
                 await self._pump_to_local(tls, table, service, source_cluster)
                 return
             ctx = self._context(eastwest=True, source_cluster=source_cluster, peer=str(identity).encode())
+            ctx.proxy = self.federation.bind(str(identity), ctx.proxy)
             if tls.selected_alpn_protocol() == "h2":
                 await self._serve_h2(tls, ctx)
             else:
@@ -364,12 +388,18 @@ class Gateway:
                     service: str, initial: bytes = b"") -> None:
         labels = (source, dest, service)
         self.metrics.tcp_opened.labels(*labels).inc()
+        started = trio.current_time()
+        counts = None
         try:
             counts = await pump(downstream, upstream, idle_timeout_s=self.config.idle_timeout_s, initial=initial)
             self.metrics.tcp_sent.labels(*labels).inc(counts.sent)
             self.metrics.tcp_received.labels(*labels).inc(counts.received)
         finally:
             self.metrics.tcp_closed.labels(*labels).inc()
+            self.traffic.log_tcp(listener="outbound" if source == self.config.cluster else "eastwest",
+                                 source_cluster=source, destination_cluster=dest, service=service,
+                                 bytes_in=counts.sent if counts else 0, bytes_out=counts.received if counts else 0,
+                                 started=started)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(upstream)
 
@@ -458,11 +488,15 @@ async def serve_gateway(
     *,
     handle_signals: bool = False,
     picker_factory: PickerFactory | None = None,
+    authz: AuthzPolicy | None = None,
+    access_log: AccessLogConfig | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one gateway until cancelled or drained; `task_status.started(gateway)` once every listener
-    is bound and the first catalog is in force. With `handle_signals`, SIGTERM (and SIGINT) drain."""
-    gateway = Gateway(config, picker_factory=picker_factory)
+    is bound and the first catalog is in force. With `handle_signals`, SIGTERM (and SIGINT) drain.
+    `authz` (a cluster's `[authz]`) turns on authorization at the east-west listener (default deny
+    for unlinked clusters); `access_log` turns on access logs (`gateway.request_policy.traffic_options`)."""
+    gateway = Gateway(config, picker_factory=picker_factory, authz=authz, access_log=access_log)
 
     async def stop_when_stopped() -> None:
         # Also ends a gateway still waiting for its first catalog.

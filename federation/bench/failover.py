@@ -1,4 +1,11 @@
-"""`isthmus bench failover --pure`: time to fail over, through the pure decision logic on a virtual clock.
+"""`isthmus bench failover`: time to fail over, on real processes (default) or through the pure logic (`--pure`).
+
+Real mode (`federation.bench._failover_real`): zone loss, cluster (gateway) loss and blackhole
+against one running demo (`--attach DIR`, else a demo brought up for the run), `--reps` times each
+(default 20), measured from a client's GETs. Both modes write `benchmarks/results/failover.json`,
+each under its own key (`real`, `pure`), keeping the other mode's last results.
+
+Pure mode, below:
 
 Three faults, each `--repetitions` times (default 20) at `--rate` requests/s (default 200), on the
 demo topology of DESIGN with the caller in east-1/us-east-1a (`gateway.lb.testing`):
@@ -50,7 +57,7 @@ from gateway.lb.testing import (
     simulate,
 )
 
-HELP = "time to fail over on zone loss, cluster loss and blackhole (pure simulation, virtual clock)"
+HELP = "time to fail over on zone loss, cluster loss and blackhole (real processes, or --pure simulation)"
 GOALS_STEADY_S = {"zone-loss": 1.0, "cluster-loss": 3.0}
 SCENARIOS = ("zone-loss", "cluster-loss", "blackhole")
 WARMUP_S = 2.0
@@ -60,10 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pure",
         action="store_true",
-        help="simulate through the pure decision logic on a virtual clock (the only mode built so far)",
+        help="simulate through the pure decision logic on a virtual clock instead of faulting real processes",
     )
     parser.add_argument(
-        "--repetitions", type=int, default=20, help="runs per fault and profile (default: %(default)s)"
+        "--reps", "--repetitions", dest="repetitions", type=int, default=20,
+        help="runs per fault (and profile, with --pure) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--attach", metavar="DIR", help="real mode: fault the demo running in DIR (default: bring one up)"
     )
     parser.add_argument(
         "--rate", type=float, default=200.0, help="requests per second (default: %(default)s)"
@@ -150,9 +161,94 @@ def _ms(value: float | None) -> str:
     return "never" if value is None else f"{value * 1000:.0f}"
 
 
+def _write(path: Any, key: str, payload: dict[str, Any]) -> Any:
+    """Write `payload` under `key` of the results file, keeping the other mode's results."""
+    import json
+    from pathlib import Path
+
+    existing: dict[str, Any] = {}
+    try:
+        existing = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        existing = {}
+    if existing.get("mode") == "pure-simulation":  # the layout before both modes existed
+        existing = {"pure": {k: v for k, v in existing.items() if k not in ("machine", "date")}}
+    body = {"benchmark": "failover", "pure": existing.get("pure"), "real": existing.get("real")}
+    body[key] = payload
+    return write_results(path, body)
+
+
+def run_real(args: argparse.Namespace) -> int:
+    import trio
+
+    from federation.bench._failover_real import SLOW_S, WINDOWS_S
+    from federation.bench._failover_real import run_real as measure_real
+    from federation.commands._common import print_table
+
+    if args.repetitions < 1 or args.rate <= 0:
+        raise UsageError("bench failover: --reps must be >= 1 and --rate > 0")
+    rate = min(args.rate, 100.0)  # the demo's Python gateways share 2 cores with the client
+
+    def progress(scenario: str, rep: int, result: dict[str, Any]) -> None:
+        print(f"{scenario} {rep + 1}/{args.repetitions}: first success elsewhere "
+              f"{_ms(result['first_success_elsewhere_s'])} ms, steady {_ms(result['steady_state_s'])} ms, "
+              f"errors {result['client_errors']}", flush=True)
+
+    started = time.perf_counter()
+    from federation.errors import FederationError
+
+    try:
+        raw = trio.run(measure_real, args.attach, args.repetitions, rate, progress)
+    except BaseExceptionGroup as group:  # a nursery wraps the one-line errors of a scenario
+        ours = group.subgroup(FederationError)
+        while isinstance(ours, BaseExceptionGroup):
+            ours = ours.exceptions[0]
+        if ours is None:
+            raise
+        raise ours from None
+    results: dict[str, Any] = {}
+    rows = []
+    for scenario, runs in raw.items():
+        summary = summarise(runs)
+        goal = GOALS_STEADY_S.get(scenario)
+        p99 = summary["steady_state_s"]["p99"]
+        summary["goal_steady_state_s"] = goal
+        summary["goal_met"] = (goal is None or (p99 is not None and p99 <= goal)) and summary["client_errors"] == 0
+        summary["runs"] = runs
+        results[scenario] = summary
+        first = summary["first_success_elsewhere_s"]
+        rows.append((scenario, f"{_ms(first['p50'])} / {_ms(first['p99'])}",
+                     f"{_ms(summary['steady_state_s']['p50'])} / {_ms(p99)}",
+                     f"{summary['client_errors']} of {summary['requests']}", "met" if summary["goal_met"] else "MISSED"))
+    payload = {
+        "mode": "real-processes",
+        "repetitions": args.repetitions,
+        "rate_per_s": rate,
+        "topology": "the demo: east-1 (us-east-1a, us-east-1b), east-2 (us-east-1c), west-1 (eu-west-1a)",
+        "faults": {
+            "zone-loss": "SIGKILL of east-1's echo.demo endpoints in us-east-1a; GETs from east-1",
+            "cluster-loss": "SIGKILL of east-1's gateway; GETs from east-2 with its own echo.demo stopped",
+            "blackhole": "SIGSTOP of east-1's echo.demo endpoints in us-east-1a; GETs from east-1",
+        },
+        "windows_s": WINDOWS_S,
+        "slow_s": SLOW_S,
+        "goals": {"zone-loss steady_state_s": 1.0, "cluster-loss steady_state_s": 3.0, "client_errors": 0},
+        "results": results,
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    path = _write(args.out, "real", payload)
+    print_table(
+        f"failover, real processes: {args.repetitions} runs each at {rate:g} GET/s; ms from the fault",
+        ("fault", "1st success elsewhere p50 / p99", "steady state p50 / p99", "client errors", "goal"),
+        rows,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.pure:
-        raise UsageError("bench failover: only --pure is built so far; run `isthmus bench failover --pure`")
+        return run_real(args)
     if args.repetitions < 1 or args.rate <= 0 or args.horizon < 5:
         raise UsageError("bench failover: --repetitions must be >= 1, --rate > 0 and --horizon >= 5")
     from federation.commands._common import print_table
@@ -190,7 +286,6 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
     payload = {
-        "benchmark": "failover",
         "mode": "pure-simulation",
         "repetitions": args.repetitions,
         "rate_per_s": args.rate,
@@ -208,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         "results": results,
         "wall_s": round(time.perf_counter() - started, 2),
     }
-    path = write_results(args.out, payload)
+    path = _write(args.out, "pure", payload)
     print_table(
         f"failover, pure simulation: {args.repetitions} runs each at {args.rate:g} req/s; ms from the fault",
         (

@@ -38,6 +38,8 @@ from federation.bench._machine import write_results
 HELP = "federation: change propagation p50/p99 across 3 clusters, resync of imported endpoints, import memory"
 CLUSTERS = {"east-1": ("us-east", "us-east-1a", "127.0.1.1"), "east-2": ("us-east", "us-east-1c", "127.0.2.1"),
             "west-1": ("eu-west", "eu-west-1a", "127.0.3.1")}  # fmt: skip
+# Every synthetic endpoint address is on loopback (127.0.0.0/8): the bench never sends a packet off the machine.
+SYNTHETIC_SERVICES = ("probe.bench", "bulk.bench", "big.bench")
 GOAL_P99_MS = 500.0
 GOAL_RESYNC_S = 2.0
 
@@ -76,13 +78,17 @@ class _Cluster:
                 "cluster": {"name": name, "region": region, "zones": [zone]},
                 "pki": {"dir": str(pki_dir)},
                 "registry": {"url": f"sqlite:///{base / name / 'registry.db'}"},
-                "gateway": {"eastwest": f"{host}:15443"},
+                "gateway": {"eastwest": f"{host}:{_free_port(host)}", "outbound": f"{host}:{_free_port(host)}",
+                            "admin": f"{host}:{_free_port(host)}"},
                 "control": {"api": f"{host}:{_free_port(host)}", "federation": f"{host}:{_free_port(host)}"},
+                # The bench's endpoints are synthetic loopback addresses nothing listens on: no active checks.
+                "policies": {svc: {"health_check": {"enabled": False}} for svc in SYNTHETIC_SERVICES},
             },
             base_dir=base / name,
         )
         self.backend: Any = None
         self.plane: Any = None
+        self.gateway: Any = None
         self.scope: trio.CancelScope | None = None
         self.seen: dict[str, float] = {}
 
@@ -96,6 +102,10 @@ class _Cluster:
                 await plane.serve(task_status=task_status)
 
         self.plane = await nursery.start(run)
+        if self.gateway is None:  # federation crosses between clusters through their gateways
+            from federation.commands.gateway import serve_cluster_gateway
+
+            self.gateway = await nursery.start(lambda task_status: serve_cluster_gateway(self.config, task_status=task_status))
 
     async def follow(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """What a gateway of this cluster sees: note when each endpoint address first appears."""
@@ -156,7 +166,7 @@ async def _bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         latencies: list[float] = []
         for k in range(args.changes):
             origin = clusters[names[k % 3]]
-            address = f"10.{k // 250}.{k % 250}.{names.index(origin.name) + 1}"
+            address = f"127.{10 + k // 250}.{k % 250}.{names.index(origin.name) + 1}"
             others = [c for c in clusters.values() if c is not origin]
             endpoint = Endpoint("probe.bench", origin.name, address, 8080, Locality(*origin.locality))
             start = trio.current_time()
@@ -179,7 +189,7 @@ async def _bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         bulk = Service.from_key("bulk.bench")
         loc = Locality(*east.locality)
         n = args.resync_endpoints
-        batch = [Endpoint("bulk.bench", "east-1", f"10.{200 + i // 62500}.{i // 250 % 250}.{i % 250}", 9000, loc) for i in range(n)]
+        batch = [Endpoint("bulk.bench", "east-1", f"127.{100 + i // 62500}.{i // 250 % 250}.{i % 250}", 9000, loc) for i in range(n)]
         for i in range(0, n, 2000):
             await stores["east-1"].register_endpoints(bulk, batch[i : i + 2000], replace=False)
         await stores["east-1"].set_export("east-1", Export("bulk.bench", ("west-1",)))
@@ -222,7 +232,7 @@ async def _bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             bloc = Locality(*source.locality)
             for i in range(0, m, 5000):
                 await stores["east-2"].register_endpoints(big, [
-                    Endpoint("big.bench", "east-2", f"11.{j // 62500}.{j // 250 % 250}.{j % 250}", 9000, bloc)
+                    Endpoint("big.bench", "east-2", f"127.{200 + j // 62500}.{j // 250 % 250}.{j % 250}", 9000, bloc)
                     for j in range(i, min(m, i + 5000))
                 ], replace=False)  # fmt: skip
             await _wait(lambda: sum(

@@ -10,8 +10,14 @@ the timer itself), so p50 and p99 are per request. Goal: p50 at most 5 us. Other
 shows up as the load average written with the figures.
 
 Access logging: the pure half of "CPU per request with access logging on versus off": the sampling
-decision plus formatting one record as its JSON line, per request, in us. The gateway's own
-benchmark measures the whole request with the writer on and off.
+decision plus formatting one record as its JSON line, per request, in us.
+
+Gateway CPU with access logging on versus off (second table; `--gateway-requests 0` skips it):
+two real gateways in their own processes (one writing every request's line to a file, one with
+access logs off) proxy the same small load from this process (HTTP/1.1 keep-alive, `--gateway-
+concurrency` clients) to a minimal upstream here; each gateway's CPU time (user + system, its
+writer threads included, from psutil) over the timed requests, per request. Rounds alternate
+on/off and each figure is the median over rounds. Goal: at most 10 % more with logging on.
 """
 
 from __future__ import annotations
@@ -43,6 +49,166 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--requests", type=int, default=200_000, help="timed evaluations (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--gateway-requests", type=int, default=3000,
+        help="requests per round through real gateways, logging on and off; 0 skips (default: %(default)s)",
+    )
+    parser.add_argument("--gateway-rounds", type=int, default=3, help="on/off rounds (default: %(default)s)")
+    parser.add_argument("--gateway-concurrency", type=int, default=8, help="concurrent clients (default: %(default)s)")
+
+
+GOAL_LOG_OVERHEAD = 0.10
+UPSTREAM_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+def gateway_process(argv: list[str]) -> None:
+    """Entry of a benchmark gateway process: `PKI_DIR UPSTREAM_PORT ACCESS_LOG|off`; prints its
+    outbound `host:port` once serving, then serves until killed."""
+    import sys
+
+    import trio
+
+    from certs.store import load_bundle, load_identity
+    from gateway.catalog_source import StaticCatalogSource
+    from gateway.config import GatewayConfig
+    from gateway.server import serve_gateway
+    from registry.model import Catalog, Endpoint, Locality, Service
+
+    pki_dir, upstream_port, log_path = argv[0], int(argv[1]), argv[2]
+    locality = Locality("us-east", "us-east-1a")
+    config = GatewayConfig(
+        cluster="east-1", locality=locality, eastwest="127.0.0.1:0", outbound="127.0.0.1:0", admin="127.0.0.1:0",
+        identity=load_identity(pki_dir, "east-1", "gateway"), bundle=load_bundle(pki_dir),
+    )
+    endpoint = Endpoint("bench.demo", "east-1", "127.0.0.1", upstream_port, locality)
+    catalog = Catalog("east-1", 1, {"bench.demo": Service("bench", "demo")}, {endpoint.id: endpoint})
+    access_log = None if log_path == "off" else AccessLogConfig(path=log_path)
+
+    async def main() -> None:
+        class Started:
+            def started(self, gateway: Any) -> None:
+                host, port = gateway.addresses["outbound"]
+                sys.stdout.write(f"{host}:{port}\n")
+                sys.stdout.flush()
+
+        await serve_gateway(config, StaticCatalogSource(catalog), access_log=access_log, task_status=Started())
+
+    trio.run(main)
+
+
+async def _serve_upstream(task_status: Any) -> None:
+    """A minimal keep-alive HTTP/1.1 upstream: one fixed answer per request head."""
+    import trio
+
+    async def handle(stream: Any) -> None:
+        buffer = b""
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    _, buffer = buffer.split(b"\r\n\r\n", 1)
+                    await stream.send_all(UPSTREAM_RESPONSE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _load(address: str, requests: int, concurrency: int) -> None:
+    import httpx
+    import trio
+
+    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=30,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                response = await client.get("/", headers={"host": "bench.demo"})
+                if response.status_code != 200:
+                    raise UsageError(f"gateway answered {response.status_code} during the benchmark")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(concurrency):
+                nursery.start_soon(worker, requests // concurrency + (i < requests % concurrency))
+
+
+def measure_gateways(requests: int, rounds: int, concurrency: int, work_dir: str) -> dict[str, Any]:
+    """CPU us per request of a gateway with access logging on and off (see the module docstring)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+    import trio
+
+    from certs.testing import make_pki
+
+    pki = make_pki(Path(work_dir) / "pki", clusters={"east-1": ("us-east", "us-east-1a")})
+    log_file = Path(work_dir) / "access.log"
+
+    def cpu_of(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    async def main() -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            upstream_port = await nursery.start(_serve_upstream)
+            processes: dict[str, Any] = {}
+            addresses: dict[str, str] = {}
+            try:
+                for mode, target in (("off", "off"), ("on", str(log_file))):
+                    code = "import sys; from federation.bench.policy import gateway_process; gateway_process(sys.argv[1:])"
+                    proc = await trio.lowlevel.open_process(
+                        [sys.executable, "-c", code, str(pki.dir), str(upstream_port), target], stdout=subprocess.PIPE
+                    )
+                    processes[mode] = proc
+                    line = b""
+                    with trio.move_on_after(30):
+                        while not line.endswith(b"\n"):
+                            chunk = await proc.stdout.receive_some(256)
+                            if not chunk:
+                                break
+                            line += chunk
+                    if not line.strip():
+                        raise UsageError(f"the benchmark gateway (access log {mode}) did not start")
+                    addresses[mode] = line.decode().strip()
+                samples: dict[str, list[float]] = {"off": [], "on": []}
+                for mode in ("off", "on"):  # warm up both
+                    await _load(addresses[mode], max(200, requests // 10), concurrency)
+                for index in range(rounds):
+                    for mode in (("off", "on") if index % 2 == 0 else ("on", "off")):
+                        process = psutil.Process(processes[mode].pid)
+                        before = cpu_of(process)
+                        await _load(addresses[mode], requests, concurrency)
+                        if mode == "on":
+                            await trio.sleep(0.2)  # let the writer thread finish its last batch
+                        samples[mode].append((cpu_of(process) - before) / requests * 1e6)
+            finally:
+                for proc in processes.values():
+                    proc.kill()
+                    with trio.CancelScope(shield=True):
+                        await proc.wait()
+                nursery.cancel_scope.cancel()
+        off, on = statistics.median(samples["off"]), statistics.median(samples["on"])
+        lines = len(log_file.read_text().splitlines()) if log_file.exists() else 0
+        return {
+            "requests_per_round": requests,
+            "rounds": rounds,
+            "concurrency": concurrency,
+            "cpu_us_per_request_off": round(off, 1),
+            "cpu_us_per_request_on": round(on, 1),
+            "overhead": round(on / off - 1.0, 3),
+            "samples_us": {k: [round(v, 1) for v in vs] for k, vs in samples.items()},
+            "log_lines_written": lines,
+            "goal_overhead": GOAL_LOG_OVERHEAD,
+            "goal_met": on / off - 1.0 <= GOAL_LOG_OVERHEAD,
+        }
+
+    return trio.run(main)
 
 
 def service_rules(index: int, count: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -208,6 +374,18 @@ def run(args: argparse.Namespace) -> int:
             gc.enable()
     access_log = _percentiles(log_samples, overhead)
 
+    gateway_cpu = None
+    gateway_requests = getattr(args, "gateway_requests", 0)
+    if gateway_requests > 0:
+        import tempfile
+
+        if args.gateway_rounds < 1 or args.gateway_concurrency < 1:
+            raise UsageError("--gateway-rounds and --gateway-concurrency must be at least 1")
+        with console.status("measuring gateway CPU with access logging on and off"), \
+                tempfile.TemporaryDirectory(prefix="isthmus-bench-policy-") as work_dir:
+            gateway_cpu = measure_gateways(gateway_requests, args.gateway_rounds,
+                                           args.gateway_concurrency, work_dir)
+
     payload = {
         "benchmark": "policy",
         "services": args.services,
@@ -223,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
         "access_log_format": access_log,
         "goal_p50_us": GOAL_P50_US,
         "goal_met": route["p50_us"] <= GOAL_P50_US,
+        "gateway_access_log_cpu": gateway_cpu,
     }
     path = write_results(args.out, payload)
 
@@ -247,6 +426,18 @@ def run(args: argparse.Namespace) -> int:
         "per logged request",
     )
     console.print(out)
+    if gateway_cpu is not None:
+        second = Table(title=f"gateway CPU per request, access log on vs off ({gateway_cpu['rounds']} rounds x "
+                             f"{gateway_cpu['requests_per_round']} requests, {gateway_cpu['concurrency']} clients)")
+        for column in ("access log", "CPU us/request (median)", "rounds", "note"):
+            second.add_column(column)
+        second.add_row("off", f"{gateway_cpu['cpu_us_per_request_off']:.1f}",
+                       ", ".join(f"{v:.1f}" for v in gateway_cpu["samples_us"]["off"]), "")
+        second.add_row("on (file, every request)", f"{gateway_cpu['cpu_us_per_request_on']:.1f}",
+                       ", ".join(f"{v:.1f}" for v in gateway_cpu["samples_us"]["on"]),
+                       f"{gateway_cpu['overhead']:+.1%}; goal <= +{GOAL_LOG_OVERHEAD:.0%}: "
+                       f"{'met' if gateway_cpu['goal_met'] else 'MISSED'}")
+        console.print(second)
     console.print(
         f"parsed and compiled in {compile_s:.2f} s ({compile_cpu_s:.2f} s CPU); "
         f"load average {payload['load_average_1m']}; results written to {path}"

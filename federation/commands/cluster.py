@@ -2,12 +2,14 @@
 
     isthmus cluster token --for west-1 [--ttl 15m] --config east-1.toml   # prints a single-use token
     isthmus cluster register --token TOKEN --config west-1.toml          # links both clusters
-    isthmus cluster list [--json] --config F                             # state, sync, staleness, RTT
+    isthmus cluster list [--json] --config F                             # state, sync, staleness, probe RTT
     isthmus cluster check [NAME] [--json] --config F                     # a verdict per check
     isthmus cluster remove NAME --config F
 
 `token` works offline (it needs the cluster CA key and the data dir); the others talk to the
 running control plane (`isthmus control --config F`). `check` exits 1 when any check fails.
+`list` reads `GET /v1/peers`, whose probe state, round trip and staleness are the readings the
+control plane's `/metrics` (and so the dashboard) report (`federation.metrics.peer_readings`).
 """
 
 from __future__ import annotations
@@ -114,11 +116,12 @@ def run_list(args: argparse.Namespace) -> int:
     for p in peers:
         stale = "-" if p["stale_s"] is None else f"stale {p['stale_s']:.0f}s"
         rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms"
+        probe = p.get("probe", "unknown")
         rows.append([p["name"], p["locality"], p["state"], _age(p["last_sync_age_s"]),
-                     "-" if p["revision"] is None else p["revision"], stale, rtt,
-                     f"{p['imported_services']}/{p['imported_endpoints']}"])  # fmt: skip
+                     "-" if p["revision"] is None else p["revision"], stale,
+                     rtt if probe == "up" else probe, f"{p['imported_services']}/{p['imported_endpoints']}"])  # fmt: skip
     print_table(f"peers of {config.cluster.name}", ["name", "locality", "state", "last sync", "rev", "staleness",
-                                                    "rtt", "svc/ep"], rows)  # fmt: skip
+                                                    "probe rtt", "svc/ep"], rows)  # fmt: skip
     return 0
 
 

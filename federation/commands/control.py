@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = ClusterConfig.from_toml(args.config)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per peer probe each second
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -5,7 +5,16 @@ the cluster must be known to the registry (`isthmus registry cluster add`, or th
 `--config`, which is declared on the way). With `--ttl` the command stays in the foreground
 and heart-beats the endpoints' lease until interrupted, then removes them: what a sidecar or
 a process supervisor runs next to an instance. `list` shows service, cluster, locality and
-endpoints healthy/total.
+endpoints healthy/total and the failover order in force.
+
+`policy NAME.NS --failover us-east,eu-west [--outlier-... --retry-attempts N --timeout-s S]`
+writes the service's failover policy (`[policies."svc"]` shape, validated as the gateways read
+it; options not given keep their stored values) and `routes NAME.NS --file rules.toml` its route
+rules (validated at write time against the catalog: bad regular expressions, weights that do not
+add up to 100, unknown subsets, invalid header names, unknown services are refused with the rule
+named and the stored rules untouched); `--remove` deletes either. Both write the registry of the
+cluster; its control plane streams them to the gateways with the catalog. The cluster config's
+`[policies]` and `[routes]` are defaults that values written here override.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import signal
 import sys
 from typing import Any
 
+import attrs
 import trio
 
 from federation.commands._common import (
@@ -194,8 +204,20 @@ def run_deregister(args: argparse.Namespace) -> int:
 # -- list -----------------------------------------------------------------------------------------
 
 
-async def _rows(url: str, only_cluster: str | None) -> list[dict[str, Any]]:
+def _failover_of(catalog: Any, key: str, defaults: dict[str, Any]) -> list[str]:
+    policy = catalog.policies.get(key)
+    spec = policy.spec if policy is not None else defaults.get(key) or {}
+    failover = spec.get("failover", []) if isinstance(spec, dict) else []
+    if isinstance(failover, dict):
+        failover = failover.get("regions", [])
+    return [str(region) for region in failover] if isinstance(failover, list) else []
+
+
+async def _rows(url: str, only_cluster: str | None, config: Any | None = None) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    defaults: dict[str, Any] = {}
+    if config is not None and isinstance(config.raw.get("policies"), dict):
+        defaults = dict(config.raw["policies"])
     async with open_store(url) as store:
         clusters = await store.clusters()
         if only_cluster is not None:
@@ -210,6 +232,7 @@ async def _rows(url: str, only_cluster: str | None) -> list[dict[str, Any]]:
                     "cluster": name,
                     "protocol": service.protocol,
                     "exported_to": list(export.to) if export else [],
+                    "failover": _failover_of(catalog, key, defaults if config and name == config.cluster.name else {}),
                     "healthy": 0,
                     "total": 0,
                 }
@@ -226,7 +249,7 @@ async def _rows(url: str, only_cluster: str | None) -> list[dict[str, Any]]:
 def run_list(args: argparse.Namespace) -> int:
     config = load_config(args)
     only = check_label("--cluster", args.cluster) if args.cluster else None
-    rows = run_async(_rows, registry_url(args, config), only)
+    rows = run_async(_rows, registry_url(args, config), only, config)
     if args.json:
         print_json(rows)
     else:
@@ -239,6 +262,137 @@ def run_list(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+# -- policy and routes ----------------------------------------------------------------------------
+
+_POLICY_OPTIONS = (
+    # (attribute, section, field, type, help)
+    ("outlier_consecutive_5xx", "outlier", "consecutive_5xx", int, "eject a host after N consecutive 5xx"),
+    ("outlier_consecutive_gateway_errors", "outlier", "consecutive_gateway_errors", int,
+     "eject a host after N consecutive connect failures, resets or timeouts"),
+    ("outlier_base_ejection_s", "outlier", "base_ejection_s", float, "first ejection lasts S seconds"),
+    ("outlier_max_ejection_percent", "outlier", "max_ejection_percent", float, "eject at most P %% of hosts"),
+    ("retry_attempts", "retry", "attempts", int, "tries per request, the first included"),
+    ("timeout_s", "timeout", "request_timeout_s", float, "overall request timeout in seconds"),
+    ("per_try_timeout_s", "timeout", "per_try_timeout_s", float, "timeout of each try in seconds"),
+)
+
+
+async def _served_catalog(config: Any | None) -> Any | None:
+    """The control plane's merged catalog (imports included), or None when it is not reachable."""
+    if config is None:
+        return None
+    import httpx
+
+    from registry import codec
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(f"http://{config.control_api}/v1/catalog")
+        if response.status_code != 200:
+            return None
+        return codec.catalog_from_json(response.json().get("catalog"), "control plane catalog")
+    except (httpx.HTTPError, ValueError, ValidationError, AttributeError):
+        return None
+
+
+async def _policy(args: argparse.Namespace, config: Any | None, url: str) -> int:
+    from gateway.request_policy import validate_policy
+
+    parse_service_key(args.service)
+    cluster_name = _cluster_name(args, config)
+    async with open_store(url) as store:
+        if args.remove:
+            revision = await store.remove_policy(cluster_name, args.service)
+            print(f"{args.service}: policy removed from {cluster_name} (revision {revision})")
+            return 0
+        catalog = await store.load_catalog(cluster_name)
+        current = catalog.policies.get(args.service)
+        spec: dict[str, Any] = {k: v for k, v in (current.spec if current else {}).items()}
+        if args.failover is not None:
+            regions = [r.strip() for r in args.failover.split(",") if r.strip()]
+            if not regions:
+                raise ValidationError("--failover: name at least one region (e.g. us-east,eu-west), or use --remove")
+            spec["failover"] = regions
+        for attribute, section, field, _, _ in _POLICY_OPTIONS:
+            value = getattr(args, attribute)
+            if value is not None:
+                table = dict(spec.get(section) or {})
+                table[field] = value
+                spec[section] = table
+        if not spec:
+            raise ValidationError("service policy: give --failover or another policy option (or --remove)")
+        policy = validate_policy(args.service, spec)
+        revision = await store.set_policy(cluster_name, policy)
+    failover = ", ".join(spec.get("failover", [])) or "by measured RTT"
+    print(f"{args.service}: policy set in {cluster_name}, failover {failover} (revision {revision})")
+    return 0
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    return run_async(_policy, args, config, registry_url(args, config))
+
+
+def read_rules_file(path: str, service: str) -> list[Any]:
+    """Route rules from a TOML file: `[[rules]]` tables, or the cluster config's `[[routes."svc"]]`."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValidationError(f"--file: {path}: no such file") from None
+    except OSError as exc:
+        raise ValidationError(f"--file: {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(f"--file: {path}: not valid TOML: {exc}") from None
+    if "routes" in raw and isinstance(raw["routes"], dict):
+        if service not in raw["routes"]:
+            raise ValidationError(f'--file: {path}: no [[routes."{service}"]] tables')
+        rules = raw["routes"][service]
+    elif "rules" in raw:
+        rules = raw["rules"]
+    else:
+        raise ValidationError(f"--file: {path}: no [[rules]] tables")
+    if not isinstance(rules, list):
+        raise ValidationError(f"--file: {path}: rules must be an array of tables ([[rules]])")
+    return rules
+
+
+async def _routes(args: argparse.Namespace, config: Any | None, url: str) -> int:
+    from gateway.errors import ConfigInvalid
+    from gateway.request_policy import validate_routes
+
+    parse_service_key(args.service)
+    cluster_name = _cluster_name(args, config)
+    rules = None if args.remove else read_rules_file(args.file, args.service)
+    async with open_store(url) as store:
+        if rules is None:
+            revision = await store.remove_routes(cluster_name, args.service)
+            print(f"{args.service}: route rules removed from {cluster_name} (revision {revision})")
+            return 0
+        catalog = await store.load_catalog(cluster_name)
+        served = await _served_catalog(config)
+        if served is not None and served.cluster == cluster_name:
+            # Imported services and endpoints count: a rule may route to a peer's subset.
+            catalog = attrs.evolve(catalog, services={**served.services, **catalog.services},
+                                   endpoints={**served.endpoints, **catalog.endpoints})
+        try:
+            stored = validate_routes(args.service, rules, catalog)
+        except ConfigInvalid as exc:
+            raise ConfigInvalid(f"{args.file}: {exc}") from None
+        revision = await store.set_routes(cluster_name, stored)
+    print(f"{args.service}: {len(stored.rules)} route rule(s) set in {cluster_name} (revision {revision})")
+    return 0
+
+
+def run_routes(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if not args.remove and not args.file:
+        raise ValidationError("--file: give the rules file (or --remove)")
+    return run_async(_routes, args, config, registry_url(args, config))
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -280,6 +434,25 @@ def add_parser(subparsers: Any, noun: str, help_text: str) -> None:
     deregister.add_argument("--all", action="store_true", help="remove the service, its endpoints and its export")
     add_registry_option(deregister)
     add_config_option(deregister)
+
+    policy = add_verb(verbs, "policy", "set a service's failover policy (failover order, outlier detection...)",
+                      run_policy)
+    policy.add_argument("service", metavar="NAME.NAMESPACE", help="the service, e.g. checkout.shop")
+    policy.add_argument("--failover", metavar="REGIONS", help="regions to fail over to, in order: us-east,eu-west")
+    for attribute, _, _, kind, text in _POLICY_OPTIONS:
+        policy.add_argument("--" + attribute.replace("_", "-"), dest=attribute, type=kind, metavar="N", help=text)
+    policy.add_argument("--remove", action="store_true", help="remove the stored policy (config defaults apply)")
+    policy.add_argument("--cluster", help="cluster name (default: the cluster of --config)")
+    add_registry_option(policy)
+    add_config_option(policy)
+
+    routes = add_verb(verbs, "routes", "set a service's route rules from a TOML file (validated first)", run_routes)
+    routes.add_argument("service", metavar="NAME.NAMESPACE", help="the service, e.g. checkout.shop")
+    routes.add_argument("--file", metavar="RULES.TOML", help='[[rules]] tables (or [[routes."svc"]])')
+    routes.add_argument("--remove", action="store_true", help="remove the stored rules (config defaults apply)")
+    routes.add_argument("--cluster", help="cluster name (default: the cluster of --config)")
+    add_registry_option(routes)
+    add_config_option(routes)
 
     listing = add_verb(verbs, "list", "services per cluster and locality, with endpoints healthy/total", run_list)
     listing.add_argument("--cluster", help="only this cluster")

@@ -267,8 +267,10 @@ class RetryPolicy:
     a failing zone usually fails the same way. Only idempotent methods are retried unless
     `retry_non_idempotent`; a connect failure is retried for any method (no byte was sent). The
     retry budget caps retries at `budget_percent` 20 % of active requests (Envoy's retry budget
-    default) with at least `min_retry_concurrency` 3 in flight, so retries cannot multiply an
-    overload.
+    default) with at least `min_retry_concurrency` 32 in flight. The floor is larger than Envoy's 3
+    on purpose: a zone or link loss fails every in-flight request to it at once, and the floor must
+    cover that burst (the drills run 16 concurrent requests per caller) or most of it reaches the
+    client; under sustained overload the 20 % share, not the floor, bounds retries.
     """
 
     attempts: int = 3
@@ -277,7 +279,7 @@ class RetryPolicy:
     retry_non_idempotent: bool = False
     idempotent_methods: frozenset[str] = IDEMPOTENT_METHODS
     budget_percent: float = 20.0
-    min_retry_concurrency: int = 3
+    min_retry_concurrency: int = 32
 
     CHECKS = {
         "attempts": lambda v: _int(v, 1, 10),

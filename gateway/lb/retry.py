@@ -2,7 +2,8 @@
 
 Retry budget (Envoy's `retry_budget` circuit breaker, envoyproxy.io api v3
 `config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget`): at most `budget_percent` (20 %) of
-the active requests may be retries, but `min_retry_concurrency` (3) retries are always allowed,
+the active requests may be retries, but `min_retry_concurrency` retries (Envoy: 3, Isthmus's
+default policy: 32, see `RetryPolicy`) are always allowed,
 so a quiet service can still retry while a saturated one cannot multiply its own overload.
 
 Retry decision (Envoy's `retry_on` conditions, x-envoy-retry-on in the router filter docs):

@@ -1,4 +1,5 @@
-"""`isthmus control` and `isthmus cluster ...` as an operator runs them: two clusters, two processes."""
+"""`isthmus control`, `isthmus gateway` and `isthmus cluster ...` as an operator runs them: two clusters,
+a control plane and a gateway each (federation crosses between the gateways)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ data_dir = "data/{name}"
 [pki]
 dir = "pki"
 [gateway]
-eastwest = "{host}:15443"
+eastwest = "{host}:{free_port(host)}"
+outbound = "{host}:{free_port(host)}"
+admin = "{host}:{free_port(host)}"
 [control]
 api = "{host}:{free_port(host)}"
 federation = "{host}:{free_port(host)}"
@@ -63,11 +66,28 @@ federation = "{host}:{free_port(host)}"
     return path
 
 
-def api_of(config: Path) -> str:
+def api_of(config: Path, key: str = "api") -> str:
     for line in config.read_text().splitlines():
-        if line.startswith("api = "):
+        if line.startswith(f"{key} = "):
             return line.split('"')[1]
-    raise AssertionError("no api in config")
+    raise AssertionError(f"no {key} in config")
+
+
+def start_gateway(config: Path) -> subprocess.Popen[str]:
+    """`isthmus gateway --config F`, once its admin listener answers /ready (its catalog is in force)."""
+    proc = subprocess.Popen([sys.executable, "-m", "federation.cli", "gateway", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the gateway exited"
+        try:
+            if httpx.get(f"http://{api_of(config, 'admin')}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("gateway did not start")
 
 
 def start_control(config: Path) -> subprocess.Popen[str]:
@@ -134,6 +154,7 @@ def test_two_clusters_peer_with_the_cli(tmp_path, monkeypatch):
     east, west = write_config(tmp_path, "east-1"), write_config(tmp_path, "west-1")
     procs = [start_control(east), start_control(west)]
     try:
+        procs += [start_gateway(east), start_gateway(west)]
         register_service(tmp_path, "east-1", "echo.demo", ["127.0.1.10", "127.0.1.11"])
         export(east, "echo.demo", "west-1")
 
@@ -156,6 +177,11 @@ def test_two_clusters_peer_with_the_cli(tmp_path, monkeypatch):
 
         table = isthmus("cluster", "list", "--config", str(west), check=True).stdout
         assert "east-1" in table and "synced" in table
+        # The probe went through east-1's gateway, and the list shows what /metrics shows.
+        peers = wait_for_list(west, lambda ps: ps[0]["probe"] == "up")
+        assert peers[0]["rtt_ms"] > 0 and peers[0]["peer_identity"] == "spiffe://mesh.example/cluster/east-1/gateway"
+        metrics = httpx.get(f"http://{api_of(west)}/metrics", timeout=5).text
+        assert 'isthmus_peer_probe_up{destination_cluster="east-1",source_cluster="west-1"} 1.0' in metrics
 
         check = isthmus("cluster", "check", "--config", str(west))
         assert check.returncode == 0, check.stdout + check.stderr

@@ -1,5 +1,6 @@
-"""Two control planes on loopback (east-1 on sqlite, west-1 on the in-memory backend or a real etcd)
-peer with a token, import each other's exported services, ride out a partition and resume without loss."""
+"""Two clusters on loopback (east-1 on sqlite, west-1 on the in-memory backend or a real etcd), each a
+control plane and its east-west gateway, peer with a token, import each other's exported services
+through the gateways, ride out a partition and resume without loss."""
 
 from __future__ import annotations
 
@@ -11,77 +12,39 @@ import pytest
 import trio
 
 from certs.testing import make_pki
-from federation.config import ClusterConfig
-from federation.control import ControlPlane, issue_peering_token
+from federation.control import issue_peering_token
 from federation.imports import check_consistency, export_view
 from registry.model import Endpoint, Export, Locality, Service
 from registry.store import Store
 from registry.testing import FakeBackend
 from registry.url import open_backend
-from tests.conftest import free_port
+from tests.integration.crossing.support import Cluster, cluster_config, endpoints_of, wait_for
+from tests.integration.crossing.support import scrape as scrape_page
 
 CLUSTERS = {"east-1": ("us-east", "us-east-1a"), "west-1": ("eu-west", "eu-west-1a")}
-HOSTS = {"east-1": "127.0.1.1", "west-1": "127.0.2.1"}
 FAST = dict(heartbeat_s=0.3, idle_timeout_s=2.0, probe_interval_s=0.5)
-
-
-def cluster_config(tmp_path, name, pki_dir):
-    host = HOSTS[name]
-    region, zone = CLUSTERS[name]
-    return ClusterConfig.from_mapping(
-        {
-            "cluster": {"name": name, "region": region, "zones": [zone]},
-            "pki": {"dir": str(pki_dir)},
-            "registry": {"url": f"sqlite:///{tmp_path / name / 'registry.db'}"},
-            "gateway": {"eastwest": f"{host}:15443"},
-            "control": {"api": f"{host}:{free_port(host)}", "federation": f"{host}:{free_port(host)}"},
-        },
-        base_dir=tmp_path / name,
-    )
-
-
-async def wait_for(predicate, what, within_s=15):
-    with trio.fail_after(within_s):
-        while not predicate():  # noqa: ASYNC110 - polling state with a deadline
-            await trio.sleep(0.05)
-
-
-def endpoints_of(plane, service, cluster):
-    current = plane.catalogs.current
-    return {} if current is None else {
-        e.id: e for e in current.endpoints.values() if e.service == service and e.cluster == cluster
-    }
 
 
 async def scrape(config):
     """The control plane's /metrics as {'name{labels}': value}."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"http://{config.control_api}/metrics")).text
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    return await scrape_page(config.control_api)
 
 
-class Running:
-    """A control plane in its own cancel scope, so a test can stop it (a partition) and start it again."""
+class Running(Cluster):
+    """A control plane in its own cancel scope, so a test can stop it (a partition) and start it
+    again; the cluster's gateway (federation's one crossing) starts with it once and stays up."""
 
     def __init__(self, nursery, config, backend):
-        self.nursery, self.config, self.backend = nursery, config, backend
-        self.scope = None
-        self.plane = None
+        super().__init__(nursery, config, backend, **FAST)
 
     async def start(self, backend=None):
-        self.backend = backend or self.backend
-
-        async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                plane = ControlPlane(self.config, self.backend, **FAST)
-                await plane.serve(task_status=task_status)
-
-        self.plane = await self.nursery.start(run)
-        return self.plane
+        plane = await self.start_control(backend)
+        if self.gateway is None:
+            await self.start_gateway()
+        return plane
 
     def stop(self):
-        self.scope.cancel()
+        self.stop_control()
 
 
 @contextlib.asynccontextmanager

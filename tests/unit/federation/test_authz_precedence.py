@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from federation import authz
-from federation.authz import AuthzConfigError, AuthzPolicy, decide
+from gateway import authz
+from gateway.authz import AuthzConfigError, AuthzPolicy, decide
 from registry.model import Export
 
 TD = "mesh.example"

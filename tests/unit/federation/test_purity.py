@@ -9,7 +9,7 @@ import pytest
 
 import federation
 
-PURE = ("peering", "authz", "imports", "sync")
+PURE = ("peering", "imports", "sync")
 FORBIDDEN = {"trio", "socket", "httpx", "hypercorn", "asyncio"}
 
 

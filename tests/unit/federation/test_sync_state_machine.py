@@ -215,3 +215,18 @@ async def test_a_silent_peer_is_marked_stale_after_the_idle_timeout(autojump_clo
         assert trio.current_time() - start == pytest.approx(15, abs=0.1)
         assert imp.sync.last_error == "no message for 15 s"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_seen_answering_again_is_reconnected_at_once(autojump_clock):
+    exporter = FakeExporter()
+    exporter.up = False  # e.g. its gateway is not up yet: the import backs off
+    imp = PeerImport(CTX, exporter.open_stream, rng=random.Random(3))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(imp.serve)
+        await wait_for(lambda: len(exporter.opened_from) >= 7)  # the backoff has grown to seconds
+        exporter.up = True
+        woken_at = trio.current_time()
+        imp.wake()  # a probe answered
+        await wait_for(lambda: imp.sync.state is SyncState.SYNCED)
+        assert trio.current_time() - woken_at < 0.01
+        nursery.cancel_scope.cancel()

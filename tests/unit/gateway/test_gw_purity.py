@@ -9,7 +9,7 @@ import pytest
 
 import gateway
 
-PURE = ("config", "picker", "routes", "sni", "h1guard", "headers")
+PURE = ("config", "picker", "routes", "sni", "h1guard", "headers", "authz")
 FORBIDDEN = {"trio", "socket", "ssl", "time", "federation", "asyncio"}
 
 

@@ -27,6 +27,8 @@ def test_pure_bench_writes_results_and_meets_the_goals(tmp_path, capsys):
     )
     assert code == 0
     body = json.loads(out.read_text())
+    assert "machine" in body and "date" in body
+    body = body["pure"]  # the real-processes mode writes its results beside these, under "real"
     assert body["mode"] == "pure-simulation"
     assert set(body["results"]) == {"zone-loss", "cluster-loss", "blackhole"}
     for scenario, profiles in body["results"].items():
@@ -39,17 +41,16 @@ def test_pure_bench_writes_results_and_meets_the_goals(tmp_path, capsys):
     assert body["results"]["cluster-loss"]["isthmus"]["steady_state_s"]["p99"] <= 3.0
     # Envoy's defaults need the 15 s route timeout before anything moves off a dark cluster.
     assert body["results"]["cluster-loss"]["envoy"]["client_errors"] > 0
-    assert "machine" in body and "date" in body
     assert "zone-loss" in capsys.readouterr().out
 
 
-def test_without_pure_the_error_is_one_line(tmp_path, capsys):
-    code = main(["bench", "failover", "--out", str(tmp_path / "x.json")])
+def test_real_mode_attached_to_no_demo_is_one_line(tmp_path, capsys):
+    code = main(["bench", "failover", "--attach", str(tmp_path), "--out", str(tmp_path / "x.json")])
     assert code == 2
     err = capsys.readouterr().err
-    assert (
-        err
-        == "isthmus: error: bench failover: only --pure is built so far; run `isthmus bench failover --pure`\n"
+    assert err == (
+        f"isthmus: error: --attach {tmp_path}: no running demo there "
+        f"(start one with `isthmus demo up --dir {tmp_path}`)\n"
     )
 
 

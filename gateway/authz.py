@@ -1,9 +1,10 @@
 """Cross-cluster authorization: may this SPIFFE identity call that service here?
 
-Evaluated per request by the receiving east-west gateway, after mutual TLS has verified the
-caller's SPIFFE ID. Pure: no I/O, no clock, and no imports from `federation`, `gateway` or
-`certs`, so that the module can move under `gateway/` unchanged (the gateway never imports
-`federation`).
+Evaluated per request by the receiving east-west gateway (`gateway.request_policy`), after mutual
+TLS has verified the caller's SPIFFE ID; a denial is a 403 with `x-isthmus-reason: <reason>`,
+counted in `isthmus_authz_denials_total{reason,source_cluster}`. The control plane uses
+`parse_source` for the identities of federation calls. Pure: no I/O, no clock; must not import
+trio, `federation` or `certs`.
 
 Rules are Consul-intention style, per service, in the cluster config::
 

@@ -1,0 +1,1 @@
+"""A cluster's one crossing: federation through the east-west gateways."""
