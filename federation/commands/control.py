@@ -46,23 +46,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"control plane {plane.name}: api http://{config.control_api}, federation {plane.federation_address}",
                   flush=True)  # fmt: skip
 
-    try:
-        trio.run(main)
-    except BaseExceptionGroup as group:
-        raise single_error(group) from None
+    trio.run(main)  # a nursery's single error reaches the user as one line (federation.cli)
     return 0
-
-
-def single_error(group: BaseExceptionGroup) -> BaseException:
-    """The one error inside nested exception groups (what the user should see), else the group."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else group

@@ -137,41 +137,24 @@ async def _register(args: argparse.Namespace, config: Any | None, url: str) -> i
             f"with a {ttl_s:g}s TTL; heart-beating until interrupted (Ctrl-C removes them)",
             flush=True,
         )
-        try:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(
-                        lambda task_status: store.serve_heartbeat(
-                            service, endpoints, ttl_s, registration=registration, task_status=task_status
-                        )
+        # A nursery's single error reaches the user as one line (federation.cli).
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    lambda task_status: store.serve_heartbeat(
+                        service, endpoints, ttl_s, registration=registration, task_status=task_status
                     )
-                    async for signum in signals:
-                        print(f"{signal.Signals(signum).name}: deregistering {listing}", file=sys.stderr, flush=True)
-                        nursery.cancel_scope.cancel()
-                        break
-        except BaseExceptionGroup as group:
-            raise _single(group) from None
+                )
+                async for signum in signals:
+                    print(f"{signal.Signals(signum).name}: deregistering {listing}", file=sys.stderr, flush=True)
+                    nursery.cancel_scope.cancel()
+                    break
         return 0
 
 
 def run_register(args: argparse.Namespace) -> int:
     config = load_config(args)
     return run_async(_register, args, config, registry_url(args, config))
-
-
-def _single(group: BaseExceptionGroup) -> BaseException:
-    """The one error inside a task group's exception group (so the CLI prints it as one line)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else group
 
 
 # -- deregister -----------------------------------------------------------------------------------
