@@ -390,17 +390,18 @@ async def demo_up(directory: Path, backend: str = "sqlite", clusters: Sequence[s
             for role, info in state.processes.items():
                 if "/endpoint/" in role and role not in before:
                     await wait_listening(info["address"], STARTUP_DEADLINE_S, info["pid"])
+            # Gateways before peering: imports between control planes cross through them.
+            for p in wanted:
+                step(f"{p.name}: gateway (east-west {p.address(p.eastwest)}, outbound {p.address(p.outbound)})")
+                pid = demo.start(state, f"{p.name}/gateway",
+                                 processes.isthmus_argv("gateway", "--config", str(configs[p.name])), p.name)
+                await wait_listening(p.address(p.outbound), STARTUP_DEADLINE_S, pid)
             if not bare:
                 everyone = [Path(c["config"]) for c in state.clusters]
                 for i, a in enumerate(everyone):
                     for b in everyone[i + 1:]:
                         step(f"peering {a.stem} and {b.stem} with a single-use token")
                         await demo.peer(a, b)
-            for p in wanted:
-                step(f"{p.name}: gateway (east-west {p.address(p.eastwest)}, outbound {p.address(p.outbound)})")
-                pid = demo.start(state, f"{p.name}/gateway",
-                                 processes.isthmus_argv("gateway", "--config", str(configs[p.name])), p.name)
-                await wait_listening(p.address(p.outbound), STARTUP_DEADLINE_S, pid)
             first = state.cluster("east-1")
             if first is not None:
                 state.dashboard = f"http://{first['control']}/dashboard/"

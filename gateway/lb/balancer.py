@@ -187,10 +187,13 @@ class Balancer:
         self._rebuild(now)
 
     def set_endpoint_health(self, endpoint_id: str, healthy: bool, now: float) -> None:
-        """An active health-check verdict for a local endpoint."""
+        """An active health-check verdict for a local endpoint. Turning healthy also ends an outlier
+        ejection early when the policy says so (`OutlierPolicy.uneject_on_healthy_check`)."""
         if self._endpoint_health.get(endpoint_id, True) != healthy:
             self._endpoint_health[endpoint_id] = healthy
             self._dirty = True
+            if healthy and self.policy.outlier.uneject_on_healthy_check:
+                self._events.extend(self.detector.return_now(endpoint_id, now))
 
     def _rebuild(self, now: float) -> None:
         local = sorted((e for e in self._endpoints if e.cluster == self.cluster), key=lambda e: e.id)

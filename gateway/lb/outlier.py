@@ -165,6 +165,20 @@ class OutlierDetector:
         self._update_next_return()
         return events
 
+    def return_now(self, key: str, now: float) -> list[OutlierEvent]:
+        """End `key`'s ejection early (its active health checks pass again); its ejection count stays,
+        so a host that keeps failing is still ejected for longer each time."""
+        record = self.hosts.get(key)
+        if record is None or not record.ejected:
+            return []
+        record.in_rotation_since = now
+        record.returns_at = None
+        record.ejected_at = None
+        record.consecutive_5xx = 0
+        record.consecutive_gateway_errors = 0
+        self._update_next_return()
+        return [EndpointReturned(key, now)]
+
     def record(self, key: str, outcome: Outcome | str | int, now: float) -> list[OutlierEvent]:
         """Count one try's outcome for `key`; may eject it on this very request."""
         outcome = Outcome.coerce(outcome)

@@ -169,6 +169,10 @@ class OutlierPolicy:
       little capacity is left anywhere, a level balances over all its hosts, ejected or not), and a
       cap below 100 would keep part of a dead zone or a dead remote gateway in rotation while a
       healthy lower priority waits.
+    - `uneject_on_healthy_check` on (Envoy's `successful_active_health_check_uneject_host`, also on
+      by default): an ejected local endpoint that passes its active health checks again returns at
+      once instead of serving out its ejection, so traffic is back in the local zone about
+      `healthy_threshold` check intervals after a zone recovers, however often it was ejected before.
     """
 
     consecutive_5xx: int = 5
@@ -177,8 +181,10 @@ class OutlierPolicy:
     max_ejection_s: float = 300.0
     max_ejection_percent: int = 100
     interval_s: float = 0.0
+    uneject_on_healthy_check: bool = True
 
     CHECKS = {
+        "uneject_on_healthy_check": _bool,
         "consecutive_5xx": lambda v: _int(v, 0),
         "consecutive_gateway_errors": lambda v: _int(v, 0),
         "base_ejection_s": lambda v: _float(v, 0.0, lo_open=True),

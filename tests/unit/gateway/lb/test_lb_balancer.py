@@ -286,3 +286,31 @@ def test_route_settings_override_the_service_policy():
     plan.pick(0.0, random.Random(1))
     assert plan.try_deadline(0.0) == 0.25
     assert plan.finish_try(Outcome.CONNECT_FAILURE, 0.1).reason == "attempts-exhausted"
+
+
+def test_an_ejected_endpoint_that_passes_its_health_checks_returns_at_once():
+    """Envoy's `successful_active_health_check_uneject_host`: after a zone recovers, traffic is back
+    as soon as the health checks say so, not when a (growing) ejection time runs out."""
+    from gateway.lb.outlier import EndpointReturned
+
+    balancer = demo_balancer(per_zone=1)
+    (zone_a,) = ids_in(balancer, ZONE_A)
+    for t in (0.0, 20.0):  # ejected twice: the second ejection would last 10 s
+        eject(balancer, zone_a, t)
+    balancer.set_endpoint_health(zone_a, False, 20.5)
+    balancer.set_endpoint_health(zone_a, True, 22.0)
+    assert any(isinstance(e, EndpointReturned) and e.key == zone_a and e.at == 22.0 for e in balancer.drain_events())
+    rng = random.Random(7)
+    picks = Counter(balancer.pick(22.0, rng).id for _ in range(50))
+    assert picks == {zone_a: 50}
+
+
+def test_without_uneject_on_healthy_check_the_ejection_runs_its_course():
+    policy = ServicePolicy.from_mapping("echo.demo", {"outlier": {"uneject_on_healthy_check": False}})
+    balancer = demo_balancer(policy=policy, per_zone=1)
+    (zone_a,) = ids_in(balancer, ZONE_A)
+    eject(balancer, zone_a, 0.0)
+    balancer.set_endpoint_health(zone_a, False, 0.5)
+    balancer.set_endpoint_health(zone_a, True, 2.0)
+    assert zone_a not in {balancer.pick(2.0, random.Random(i)).id for i in range(30)}
+    assert {balancer.pick(5.0, random.Random(i)).id for i in range(30)} == {zone_a}

@@ -191,9 +191,10 @@ def test_partial_outage_traffic_proportions_follow_the_loads():
     assert result.failed_requests() == []
 
 
-def test_recovery_brings_traffic_back_to_the_zone_when_the_ejection_ends():
+def test_recovery_brings_traffic_back_to_the_zone_when_its_health_checks_pass():
     """The endpoint dies at 1.0 (ejected 1.011 until 6.011; checks mark it unhealthy at 2.001) and
-    returns at 3.0 (checks of 3.0 and 4.0 pass: healthy at 4.002). At 6.011 it is back in P0."""
+    returns at 3.0 (checks of 3.0 and 4.0 pass: healthy at 4.002). Passing its checks ends the
+    ejection early (Envoy's successful_active_health_check_uneject_host): back in P0 at 4.002."""
     balancer = demo_balancer(per_zone=1)
     (endpoint,) = zone_a(balancer)
     fleet = FakeFleet()
@@ -205,9 +206,9 @@ def test_recovery_brings_traffic_back_to_the_zone_when_the_ejection_ends():
         EndpointMarkedUnhealthy(endpoint, pytest.approx(2.001))
     ]
     assert events_of(result, EndpointMarkedHealthy) == [EndpointMarkedHealthy(endpoint, pytest.approx(4.002))]
-    assert events_of(result, EndpointReturned) == [EndpointReturned(endpoint, pytest.approx(6.011))]
-    assert {r.level for r in result.tries if 1.011 <= r.started < 6.011} == {1}
-    assert {r.level for r in result.picks_after(6.011)} == {0}
+    assert events_of(result, EndpointReturned) == [EndpointReturned(endpoint, pytest.approx(4.002))]
+    assert {r.level for r in result.tries if 1.011 <= r.started < 4.002} == {1}
+    assert {r.level for r in result.picks_after(4.003)} == {0}
     assert result.failed_requests() == []
 
 
