@@ -3,7 +3,7 @@
 Used on both sides of the proxy: as a server for downstream connections (each request stream is
 handed to a handler task) and as a client for pooled upstream connections (many concurrent
 streams on one connection). What it owns:
-- reading: large reads (64 KiB) fed to h2; events dispatched to per-stream state;
+- reading: large reads (256 KiB) fed to h2; events dispatched to per-stream state;
 - writing: one writer task flushes everything h2 has queued once per scheduling pass, so a burst
   of frames from many streams becomes one socket write;
 - flow control both ways: received DATA is acknowledged when its consumer takes it (so a slow
@@ -11,14 +11,16 @@ streams on one connection). What it owns:
 - RST_STREAM and GOAWAY: a reset stream wakes its waiters with `StreamReset`; GOAWAY stops new
   streams and fails the ones the peer did not process; idle connections are closed.
 
-Tuned for forwarding (PERF-NOTES): header encoding, outbound validation and normalisation off,
-no Huffman encoding. Inbound header validation stays on for downstream (untrusted) connections.
+Tuned for forwarding (PERF-NOTES, `gateway.h2tuning`): header decoding to str, validation and
+normalisation off in h2; a stateless HPACK encoder without Huffman coding or dynamic table; request
+headers from downstream (untrusted) connections checked in one pass by `gateway.h2tuning`, a
+malformed block answered with RST_STREAM(PROTOCOL_ERROR); stream counts that do not walk every
+stream; a stream's h2 state dropped as soon as its exchange ends.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -31,14 +33,29 @@ import h2.settings
 import hyperframe.frame
 import trio
 
+from gateway.h2tuning import (
+    ForwardingDecoder,
+    ForwardingEncoder,
+    ForwardingH2Connection,
+    MalformedHeaders,
+    check_request_headers,
+    check_trailers,
+    silence_hpack_debug_logging,
+    tune_h2_for_forwarding,
+)
+
 log = logging.getLogger("isthmus.gateway.h2")
 
-READ_SIZE = 65536
+# One read takes everything the transport has, up to this (many frames, one receive_data pass).
+READ_SIZE = 262144
 # Per-stream receive window: large enough that a 64 KiB body needs no WINDOW_UPDATE round trip.
 STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 # Frames the peer may send us: 64 KiB bodies arrive as one DATA event instead of four.
 MAX_FRAME_SIZE = 65536
+# Streams a client opens before the peer's SETTINGS say how many it allows (RFC 9113 section 6.5.2
+# recommends servers allow at least 100).
+INITIAL_STREAM_LIMIT = 100
 
 
 def _frame_name(frame: hyperframe.frame.Frame) -> str:
@@ -48,6 +65,8 @@ def _frame_name(frame: hyperframe.frame.Frame) -> str:
 # h2 formats every received frame with repr() for a trace log that is then discarded; hyperframe's
 # repr (flags, payload preview) cost about 2 % of a proxied request's CPU. Frames name their class.
 hyperframe.frame.Frame.__repr__ = _frame_name  # type: ignore[method-assign]
+silence_hpack_debug_logging()
+tune_h2_for_forwarding()
 
 _OPEN_STATE = {True: h2.connection.ConnectionState.CLIENT_OPEN, False: h2.connection.ConnectionState.SERVER_OPEN}
 
@@ -67,7 +86,7 @@ class ConnectionGone(StreamReset):
 class H2Stream:
     """Receive side of one stream: headers, DATA chunks (acknowledged on take), trailers, end or reset."""
 
-    __slots__ = ("conn", "id", "headers", "trailers", "chunks", "ended", "error", "_wakeup", "cancel_scope")
+    __slots__ = ("conn", "id", "headers", "trailers", "chunks", "ended", "error", "_waiter", "cancel_scope")
 
     def __init__(self, conn: H2Conn, stream_id: int) -> None:
         self.conn = conn
@@ -77,17 +96,25 @@ class H2Stream:
         self.chunks: collections.deque[tuple[bytes, int]] = collections.deque()
         self.ended = False
         self.error: StreamReset | None = None
-        self._wakeup: trio.Event | None = None
+        self._waiter: trio.lowlevel.Task | None = None  # the one task waiting for this stream
         self.cancel_scope: trio.CancelScope | None = None  # the handler's (server side)
 
     def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     async def _wait(self) -> None:
-        self._wakeup = event = trio.Event()
-        await event.wait()
+        # A parked task rather than a fresh trio.Event per wait: one stream has one reader, and
+        # this runs several times per proxied request.
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def receive_headers(self) -> list[tuple[bytes, bytes]]:
         while self.headers is None:
@@ -122,7 +149,8 @@ def _configuration(client_side: bool) -> h2.config.H2Configuration:
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
         split_outbound_cookies=False,
-        validate_inbound_headers=not client_side,
+        # Checked by `check_request_headers` on the server side instead (one pass, stream error).
+        validate_inbound_headers=False,
         normalize_inbound_headers=False,
     )
 
@@ -145,9 +173,12 @@ class H2Conn:
         self.client_side = client_side
         self.on_stream = on_stream
         self.idle_timeout_s = idle_timeout_s
-        self.h2 = h2.connection.H2Connection(config=_configuration(client_side))
-        # No Huffman coding: it costs more CPU than the bytes it saves on loopback and LANs.
-        self.h2.encoder.encode = functools.partial(type(self.h2.encoder).encode, self.h2.encoder, huffman=False)
+        self.h2 = ForwardingH2Connection(config=_configuration(client_side))
+        # No Huffman coding and no dynamic table: they cost more CPU than the bytes they save on
+        # loopback and LANs.
+        self.h2.encoder = ForwardingEncoder()  # type: ignore[assignment]
+        self.h2.decoder = ForwardingDecoder()
+        self._known_names: set[bytes] = set()
         self.h2.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
@@ -169,6 +200,8 @@ class H2Conn:
         self._initial_data = initial_data
         self._write_wanted = trio.Event()
         self._window_changed = trio.Event()
+        self._window_waiters = 0
+        self._stream_limit = INITIAL_STREAM_LIMIT
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
 
@@ -302,6 +335,12 @@ class H2Conn:
                     stream.chunks.append((event.data, event.flow_controlled_length))
                     stream._wake()
             elif kind is h2.events.RequestReceived:
+                try:
+                    check_request_headers(event.headers, self._known_names)
+                except MalformedHeaders as exc:
+                    log.debug("malformed request headers on stream %d: %s", event.stream_id, exc)
+                    self.reset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                    continue
                 stream = H2Stream(self, event.stream_id)
                 stream.headers = event.headers
                 if self.draining:
@@ -324,10 +363,18 @@ class H2Conn:
             elif kind is h2.events.TrailersReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
+                    if not self.client_side:
+                        try:
+                            check_trailers(event.headers)
+                        except MalformedHeaders as exc:
+                            self._malformed(stream, exc)
+                            continue
                     stream.trailers = event.headers
-            elif kind is h2.events.WindowUpdated or kind is h2.events.RemoteSettingsChanged:
-                self._window_changed.set()
-                self._window_changed = trio.Event()
+            elif kind is h2.events.WindowUpdated:
+                self._notify_window()
+            elif kind is h2.events.RemoteSettingsChanged:
+                self._stream_limit = self.h2.remote_settings.max_concurrent_streams
+                self._notify_window()
             elif kind is h2.events.StreamReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -336,8 +383,7 @@ class H2Conn:
                     if stream.cancel_scope is not None:
                         # The client gave up: stop its exchange, which resets the upstream stream too.
                         stream.cancel_scope.cancel()
-                self._window_changed.set()
-                self._window_changed = trio.Event()
+                self._notify_window()
             elif kind is h2.events.ConnectionTerminated:
                 self.goaway_received = True
                 if event.error_code == h2.errors.ErrorCodes.NO_ERROR:
@@ -354,6 +400,14 @@ class H2Conn:
                 elif not streams:
                     self.closed = True
             # Other events (settings acks, pings answered by h2, priority) need nothing.
+
+    def _malformed(self, stream: H2Stream, exc: MalformedHeaders) -> None:
+        log.debug("malformed header block on stream %d: %s", stream.id, exc)
+        self.reset(stream.id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        stream.error = StreamReset(h2.errors.ErrorCodes.PROTOCOL_ERROR, f"malformed header block: {exc}")
+        stream._wake()
+        if stream.cancel_scope is not None:
+            stream.cancel_scope.cancel()
 
     async def _run_handler(self, stream: H2Stream) -> None:
         try:
@@ -398,10 +452,11 @@ class H2Conn:
         while True:
             if not self.usable:
                 raise ConnectionGone(h2.errors.ErrorCodes.REFUSED_STREAM, "connection not usable")
-            # Our own count: h2's open_outbound_streams walks every stream on each call.
-            if len(self.streams) < self.h2.remote_settings.max_concurrent_streams:
+            # Our own count, against the peer's limit (or, until its SETTINGS arrive, RFC 9113's
+            # recommended minimum, so a burst on a new connection does not overrun a smaller limit).
+            if len(self.streams) < self._stream_limit:
                 break
-            await self._window_changed.wait()
+            await self._wait_window()
         try:
             stream_id = self.h2.get_next_available_stream_id()
             self.h2.send_headers(stream_id, headers, end_stream=end_stream)
@@ -438,7 +493,7 @@ class H2Conn:
             if window <= 0:
                 if self.closed:
                     raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
-                await self._window_changed.wait()
+                await self._wait_window()
                 continue
             n = min(window, total - sent, h2conn.max_outbound_frame_size)
             chunk = data if n == total else data[sent : sent + n]
@@ -473,11 +528,26 @@ class H2Conn:
             if h2_stream is not None and not h2_stream.closed:
                 self.reset(stream_id, h2.errors.ErrorCodes.CANCEL if self.client_side else h2.errors.ErrorCodes.NO_ERROR)
             # Hand back window for data that arrived but was never taken.
-            unread = sum(flow for _, flow in stream.chunks)
-            if unread:
-                self.acknowledge(stream_id, unread)
+            if stream.chunks:
+                unread = sum(flow for _, flow in stream.chunks)
+                if unread:
+                    self.acknowledge(stream_id, unread)
+            self.h2.reap(stream_id)
         if self.goaway_received and not self.streams:
             self.close()
         self._maybe_finish_drain()
-        self._window_changed.set()
-        self._window_changed = trio.Event()
+        self._notify_window()
+
+    def _notify_window(self) -> None:
+        """Wake the tasks waiting for flow-control window or a free stream slot (if any)."""
+        if self._window_waiters and not self.closed:
+            self._window_changed.set()
+            self._window_changed = trio.Event()
+
+    async def _wait_window(self) -> None:
+        event = self._window_changed
+        self._window_waiters += 1
+        try:
+            await event.wait()
+        finally:
+            self._window_waiters -= 1
