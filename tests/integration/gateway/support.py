@@ -269,7 +269,10 @@ def gateway_config(pki: TestPki, cluster: str, locality: Locality, host: str = "
 
 @asynccontextmanager
 async def open_topology(pki: TestPki, *, east_settings: dict | None = None,
-                        west_settings: dict | None = None) -> AsyncIterator[Topology]:
+                        west_settings: dict | None = None, make_picker_factory: Any = None) -> AsyncIterator[Topology]:
+    """East-1 and west-1 gateways over test upstreams; `make_picker_factory()` (e.g. a `BalancerSet`
+    with quiet policies) gives each gateway its own picker factory."""
+    make = make_picker_factory or (lambda: None)
     host = "127.0.0.1"
     async with trio.open_nursery() as nursery:
         grpc_server, grpc_port = start_grpc_server(host)
@@ -287,14 +290,18 @@ async def open_topology(pki: TestPki, *, east_settings: dict | None = None,
             }
             west_config = gateway_config(pki, "west-1", WEST, **(west_settings or {}))
             west_source = StaticCatalogSource(catalogs("127.0.0.1:9", ports, host)[1])
-            west = await nursery.start(serve_gateway, west_config, west_source)
+            west = await nursery.start(
+                lambda task_status: serve_gateway(west_config, west_source, picker_factory=make(),
+                                                  task_status=task_status))
             west_host, west_port = west.addresses["eastwest"]
             east_catalog, west_catalog = catalogs(f"{west_host}:{west_port}", ports, host)
             ports["db_outbound"] = free_port(host)
             ports["vault_outbound"] = free_port(host)
             tcp_ports = {ports["db_outbound"]: "db.demo", ports["vault_outbound"]: "vault.demo"}
             east_config = gateway_config(pki, "east-1", EAST, tcp_ports=tcp_ports, **(east_settings or {}))
-            east = await nursery.start(serve_gateway, east_config, StaticCatalogSource(east_catalog))
+            east = await nursery.start(
+                lambda task_status: serve_gateway(east_config, StaticCatalogSource(east_catalog),
+                                                  picker_factory=make(), task_status=task_status))
             yield Topology(pki, east, west, east_catalog, west_catalog, ports)
             nursery.cancel_scope.cancel()
         finally:

@@ -25,9 +25,16 @@ IDLE_TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def shared(gateway_pki):
+    from gateway.lb.balancer import BalancerSet
+    from gateway.lb.policy import ServicePolicy
+
     settings_ = {"header_timeout_s": HEADER_TIMEOUT_S, "idle_timeout_s": IDLE_TIMEOUT_S,
                  "handshake_timeout_s": IDLE_TIMEOUT_S}
-    with TopologyThread(gateway_pki, east_settings=settings_, west_settings=settings_) as topo:
+    # The fd and task counts must reflect the hostile input alone: no health checks or peer probes
+    # opening and closing connections in the background (they have their own tests).
+    quiet = ServicePolicy.from_mapping("*", {"health_check": {"enabled": False}, "peer_probe": {"interval_s": 3600}})
+    with TopologyThread(gateway_pki, east_settings=settings_, west_settings=settings_,
+                        make_picker_factory=lambda: BalancerSet(default=quiet)) as topo:
         yield topo
 
 
