@@ -12,6 +12,17 @@ threads, none of which trio can cancel. The gateway speaks HTTP/1.1 + JSON that 
 natively under trio, streaming watches included. Keys and values travel base64-encoded,
 64-bit numbers as strings; PUT events in a watch carry no "type" field, DELETE events do.
 
+Prefix reads take a faster road when they can: etcd's gRPC `KV/Range` itself, through grpcio
+(already a dependency) with the protobuf messages encoded and decoded by hand below, so no
+generated code and no `protobuf` package are needed. The gateway marshals every key to JSON
+by reflection: about 12 µs of etcd CPU per key, 1.3 s for a 100,000-endpoint catalog, against
+about 1.5 µs per key over gRPC, and the protobuf answer decodes faster in Python than JSON
+plus base64. The call is grpcio's future, completed on grpcio's own thread and handed back
+to trio (cancellable; no thread of ours blocks). Only `KV/Range` goes this way: a read is
+idempotent, so any gRPC failure other than a definite answer from etcd (compacted or future
+revision, invalid argument) simply repeats the read through the gateway, where the
+fail-over below applies. `grpc_reads=False` keeps every call on the gateway.
+
 Fail-over: every request goes to the current member. A member that refuses the connection,
 drops it, answers "unavailable" (no leader yet) or does not answer within
 `attempt_timeout_s` (a follower that forwarded a write to a leader that has just died
@@ -37,11 +48,13 @@ It imports neither `gateway` nor `federation`.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
 import httpx
 import trio
 
@@ -77,7 +90,13 @@ RETRYABLE_CODES = frozenset({GRPC_DEADLINE_EXCEEDED, GRPC_UNAVAILABLE})
 NOT_APPLIED = ("etcdserver: no leader", "proposal dropped", "not capable")
 UNKNOWN_OUTCOME = "the transaction may or may not have been applied"
 
-RANGE_PAGE = 5000  # keys per /v3/kv/range page: bounded responses (~1 MB) for 100k-endpoint catalogs
+# keys per /v3/kv/range page: bounded responses (~1.6 MB of JSON) for 100k-endpoint catalogs
+RANGE_PAGE = 5000
+# keys per gRPC KV/Range page: ~190 bytes of protobuf per endpoint key, so ~4 MB; one page holds
+# a 1,000-service × 10-endpoint cluster (11,000 keys) whole.
+GRPC_RANGE_PAGE = 20_000
+GRPC_MAX_MESSAGE = 64 * 2**20  # a page of GRPC_RANGE_PAGE keys with values up to ~3 KB
+GRPC_RANGE_METHOD = "/etcdserverpb.KV/Range"
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +111,7 @@ def b64(data: bytes | str) -> str:
 
 
 def unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
+    return binascii.a2b_base64(text) if text else b""
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -141,12 +160,15 @@ def header_revision(body: dict[str, Any]) -> int:
     return int(body.get("header", {}).get("revision", 0))
 
 
-def decode_kv(kv: dict[str, Any]) -> KeyValue:
+def decode_kv(kv: dict[str, Any], _a2b: Any = binascii.a2b_base64) -> KeyValue:
+    """One gateway `kvs` entry; on the hot path of prefix reads, hence the local `a2b_base64`."""
+    value = kv.get("value")
+    lease = kv.get("lease")
     return KeyValue(
-        key=unb64(kv.get("key")).decode(),
-        value=unb64(kv.get("value")),
-        mod_revision=int(kv.get("mod_revision", 0)),
-        lease=int(kv.get("lease", 0)),
+        _a2b(kv["key"]).decode() if "key" in kv else "",
+        _a2b(value) if value else b"",
+        int(kv.get("mod_revision", 0)),
+        int(lease) if lease else 0,
     )
 
 
@@ -207,6 +229,196 @@ def error_of(body: Any) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------
+# Pure protobuf encoding of KV/Range (etcd's api/etcdserverpb/rpc.proto, mvccpb/kv.proto).
+# ---------------------------------------------------------------------------
+
+# Field numbers used here. RangeRequest: key 1, range_end 2, limit 3, revision 4.
+# RangeResponse: header 1 (ResponseHeader: revision 3), kvs 2, more 3, count 4.
+# KeyValue: key 1, create_revision 2, mod_revision 3, version 4, value 5, lease 6.
+_TAG_KVS = 0x12  # field 2, length-delimited
+_TAG_HEADER = 0x0A  # field 1, length-delimited
+_TAG_MORE = 0x18  # field 3, varint
+_TAG_COUNT = 0x20  # field 4, varint
+_KV_KEY, _KV_MOD_REVISION, _KV_VALUE, _KV_LEASE = 0x0A, 0x18, 0x2A, 0x30
+_HEADER_REVISION = 0x18
+
+
+class ProtobufError(ValueError):
+    """A message that is not the protobuf it should be (truncated, or an unknown wire type)."""
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64  # int64 on the wire: two's complement in ten bytes
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    result, shift = b & 0x7F, 7
+    pos += 1
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ProtobufError("varint longer than 10 bytes")
+
+
+def _skip(buf: bytes, pos: int, tag: int) -> int:
+    """The position after the value of a field with `tag` (a field this decoder does not use)."""
+    wire = tag & 7
+    if wire == 0:
+        return _read_varint(buf, pos)[1]
+    if wire == 2:
+        n, pos = _read_varint(buf, pos)
+        return pos + n
+    if wire == 1:
+        return pos + 8
+    if wire == 5:
+        return pos + 4
+    raise ProtobufError(f"unsupported wire type {wire}")
+
+
+def _read_tag(buf: bytes, pos: int) -> tuple[int, int]:
+    tag = buf[pos]
+    if tag < 0x80:
+        return tag, pos + 1
+    return _read_varint(buf, pos)
+
+
+def encode_range_request(key: bytes, range_end: bytes, *, limit: int = 0, revision: int = 0) -> bytes:
+    """A RangeRequest for the keys in [key, range_end), at most `limit`, at `revision` (0: now)."""
+    out = b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(range_end)) + range_end
+    if limit:
+        out += b"\x18" + _varint(limit)
+    if revision:
+        out += b"\x20" + _varint(revision)
+    return out
+
+
+def _decode_kv_proto(buf: bytes, pos: int, end: int) -> KeyValue:
+    """The KeyValue in buf[pos:end].
+
+    Fast path for the order etcd writes (key, create_revision, mod_revision, version, value,
+    lease if any), with one-byte lengths inlined and the unused fields stepped over; anything
+    else goes through the general field loop. A catalog read decodes 100,000 of these.
+    """
+    start = pos
+    if buf[pos] == _KV_KEY:
+        n = buf[pos + 1]
+        if n < 0x80:
+            pos += 2
+        else:
+            n, pos = _read_varint(buf, pos + 1)
+        key = buf[pos : pos + n]
+        pos += n
+        if pos < end and buf[pos] == 0x10:  # create_revision: step over
+            pos += 1
+            while buf[pos] & 0x80:
+                pos += 1
+            pos += 1
+        mod_revision = 0
+        if pos < end and buf[pos] == _KV_MOD_REVISION:
+            mod_revision, pos = _read_varint(buf, pos + 1)
+        if pos < end and buf[pos] == 0x20:  # version: step over
+            pos += 1
+            while buf[pos] & 0x80:
+                pos += 1
+            pos += 1
+        value = b""
+        if pos < end and buf[pos] == _KV_VALUE:
+            n = buf[pos + 1]
+            if n < 0x80:
+                pos += 2
+            else:
+                n, pos = _read_varint(buf, pos + 1)
+            value = buf[pos : pos + n]
+            pos += n
+        lease = 0
+        if pos < end and buf[pos] == _KV_LEASE:
+            lease, pos = _read_varint(buf, pos + 1)
+        if pos == end:
+            return KeyValue(key.decode(), value, mod_revision, lease)
+    return _decode_kv_fields(buf, start, end)
+
+
+def _decode_kv_fields(buf: bytes, pos: int, end: int) -> KeyValue:
+    """The KeyValue in buf[pos:end], fields in any order, unknown ones skipped."""
+    key = value = b""
+    mod_revision = lease = 0
+    while pos < end:
+        tag, pos = _read_tag(buf, pos)
+        if tag == _KV_KEY or tag == _KV_VALUE:
+            n, pos = _read_varint(buf, pos)
+            if tag == _KV_KEY:
+                key = buf[pos : pos + n]
+            else:
+                value = buf[pos : pos + n]
+            pos += n
+        elif tag == _KV_MOD_REVISION:
+            mod_revision, pos = _read_varint(buf, pos)
+        elif tag == _KV_LEASE:
+            lease, pos = _read_varint(buf, pos)
+        else:
+            pos = _skip(buf, pos, tag)
+    if pos != end:
+        raise ProtobufError("KeyValue overruns its length")
+    return KeyValue(key.decode(), value, mod_revision, lease)
+
+
+def decode_range_response(buf: bytes) -> tuple[int, list[KeyValue], bool, int]:
+    """(header revision, kvs, more, count) of a RangeResponse."""
+    revision = count = 0
+    more = False
+    kvs: list[KeyValue] = []
+    append, decode_kv = kvs.append, _decode_kv_proto
+    pos, end = 0, len(buf)
+    try:
+        while pos < end:
+            tag, pos = _read_tag(buf, pos)
+            if tag == _TAG_KVS:
+                n = buf[pos]
+                if n < 0x80:
+                    pos += 1
+                else:
+                    n, pos = _read_varint(buf, pos)
+                append(decode_kv(buf, pos, pos + n))
+                pos += n
+            elif tag == _TAG_HEADER:
+                n, pos = _read_varint(buf, pos)
+                stop = pos + n
+                while pos < stop:
+                    field, pos = _read_tag(buf, pos)
+                    if field == _HEADER_REVISION:
+                        revision, pos = _read_varint(buf, pos)
+                    else:
+                        pos = _skip(buf, pos, field)
+            elif tag == _TAG_MORE:
+                flag, pos = _read_varint(buf, pos)
+                more = bool(flag)
+            elif tag == _TAG_COUNT:
+                count, pos = _read_varint(buf, pos)
+            else:
+                pos = _skip(buf, pos, tag)
+    except IndexError:
+        raise ProtobufError("RangeResponse is truncated") from None
+    if pos != end:
+        raise ProtobufError("RangeResponse is truncated")
+    return revision, kvs, more, count
+
+
+# ---------------------------------------------------------------------------
 # The backend (trio I/O).
 # ---------------------------------------------------------------------------
 
@@ -231,6 +443,7 @@ class EtcdBackend(Backend):
         request_timeout_s: float = 15.0,
         attempt_timeout_s: float = 2.0,
         connect_timeout_s: float = 1.0,
+        grpc_reads: bool = True,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
@@ -247,9 +460,13 @@ class EtcdBackend(Backend):
             trust_env=False,
             timeout=httpx.Timeout(attempt_timeout_s, connect=connect_timeout_s),
         )
+        self.grpc_reads = grpc_reads  # False: prefix reads through the gateway too
+        self._channels: dict[int, tuple[grpc.Channel, Any]] = {}
+        self.range_reads = {"grpc": 0, "gateway": 0}  # pages read each way (shown by repr)
 
     def __repr__(self) -> str:
-        return f"<EtcdBackend {self.address} current={self._endpoints[self._current]}>"
+        reads = ", ".join(f"{k}={v}" for k, v in self.range_reads.items())
+        return f"<EtcdBackend {self.address} current={self._endpoints[self._current]} range pages: {reads}>"
 
     @property
     def endpoints(self) -> list[str]:
@@ -343,30 +560,94 @@ class EtcdBackend(Backend):
 
     async def _get_prefix_paged(self, prefix: str, at_revision: int = 0) -> tuple[int, list[KeyValue]]:
         """Every key under `prefix` at `at_revision` (0: now), read in pages pinned to one revision."""
-        span = key_range(prefix)
-        body: dict[str, Any] = {**span, "limit": str(RANGE_PAGE)}
-        if at_revision:
-            body["revision"] = str(at_revision)
-        try:
-            answer = await self._call("/v3/kv/range", body)
-        except RegistryError as exc:
-            if at_revision and "compacted" in str(exc):
-                raise Compacted(at_revision, 0) from exc
-            raise
-        revision = at_revision or header_revision(answer)
-        kvs = [decode_kv(kv) for kv in answer.get("kvs", ())]
-        while answer.get("more") and kvs:
-            after = kvs[-1].key.encode() + b"\0"
-            page = {"key": b64(after), "range_end": span["range_end"], "limit": str(RANGE_PAGE)}
-            page["revision"] = str(revision)
-            try:
-                answer = await self._call("/v3/kv/range", page)
-            except RegistryError as exc:
-                if "compacted" in str(exc):
-                    raise Compacted(revision, 0) from exc
-                raise
-            kvs.extend(decode_kv(kv) for kv in answer.get("kvs", ()))
+        raw = prefix.encode()
+        key, range_end = (raw, prefix_range_end(raw)) if raw else (b"\0", b"\0")
+        revision, kvs, more = await self._range(key, range_end, at_revision)
+        revision = at_revision or revision
+        while more and kvs:
+            _, page, more = await self._range(kvs[-1].key.encode() + b"\0", range_end, revision)
+            kvs.extend(page)
         return revision, kvs
+
+    async def _range(self, key: bytes, range_end: bytes, revision: int) -> tuple[int, list[KeyValue], bool]:
+        """One page of [key, range_end) at `revision` (0: now): (header revision, kvs, more).
+
+        Over gRPC when the current member takes it, else through the gateway (with fail-over).
+        A revision etcd has compacted raises `Compacted`.
+        """
+        try:
+            if self.grpc_reads:
+                answer = await self._grpc_range(key, range_end, revision)
+                if answer is not None:
+                    self.range_reads["grpc"] += 1
+                    return answer
+            body: dict[str, Any] = {"key": b64(key), "range_end": b64(range_end), "limit": str(RANGE_PAGE)}
+            if revision:
+                body["revision"] = str(revision)
+            payload = await self._call("/v3/kv/range", body)
+        except RegistryError as exc:
+            if revision and "compacted" in str(exc):
+                raise Compacted(revision, 0) from exc
+            raise
+        self.range_reads["gateway"] += 1
+        return (
+            header_revision(payload),
+            [decode_kv(kv) for kv in payload.get("kvs", ())],
+            bool(payload.get("more")),
+        )
+
+    def _range_stub(self, index: int) -> Any | None:
+        """The KV/Range callable of member `index` (its channel opened once), or None for https members."""
+        if index not in self._channels:
+            url = self._endpoints[index]
+            if not url.startswith("http://"):
+                return None  # TLS to etcd is configured for the gateway only
+            options = [
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+                ("grpc.enable_http_proxy", 0),  # as trust_env=False: never through a proxy
+            ]
+            channel = grpc.insecure_channel(url.removeprefix("http://"), options=options)
+            self._channels[index] = (channel, channel.unary_unary(GRPC_RANGE_METHOD))
+        return self._channels[index][1]
+
+    async def _grpc_range(
+        self, key: bytes, range_end: bytes, revision: int
+    ) -> tuple[int, list[KeyValue], bool] | None:
+        """One KV/Range page over gRPC from the current member; None when the gateway should be asked instead."""
+        index = self._current
+        stub = self._range_stub(index)
+        if stub is None:
+            return None
+        request = encode_range_request(key, range_end, limit=GRPC_RANGE_PAGE, revision=revision)
+        future = stub.future(request, timeout=self._attempt_timeout_s)
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: Any) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass  # the caller is gone: nobody waits for this answer
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        finally:
+            if not future.done():
+                future.cancel()
+        try:
+            answer = future.result()
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.INVALID_ARGUMENT):
+                # A definite answer (a compacted or future revision, a bad key): the gateway would say the same.
+                raise self._error(code.value[0], details, self._endpoints[index]) from None
+            return None  # unavailable, timed out, not served: the gateway path retries and fails over
+        try:
+            header, kvs, more, _count = decode_range_response(answer)
+        except ProtobufError:
+            return None
+        return header, kvs, more
 
     async def _snapshot(self, prefix: str, compact_revision: int) -> tuple[int, list[KeyValue]]:
         """The keys at the compaction revision (the oldest etcd still has), so that every change
@@ -485,4 +766,7 @@ class EtcdBackend(Backend):
         )
 
     async def aclose(self) -> None:
+        for channel, _ in self._channels.values():
+            channel.close()
+        self._channels.clear()
         await self._client.aclose()

@@ -9,6 +9,16 @@ holds the full catalog (goal ≤ 2 s), the resident memory the catalog adds to t
 (goal ≤ 200 MB), and the change-to-watcher latency p50/p99 at 100 changes/s (goal p99
 ≤ 150 ms on sqlite, ≤ 100 ms on etcd). Each change re-registers one endpoint with its
 wall-clock write time in a label, so the watcher measures latency without coordination.
+
+The hold time is taken in `--watchers` fresh processes (the last one also measures change
+latency) and judged on their median. Each reports where its time went: its own CPU, the
+time its trio thread was ready to run but both cores were busy with other processes
+(run-queue wait, from /proc/self/task/<pid>/schedstat), the CPU etcd spent meanwhile (psutil on the etcd pid),
+and, for etcd, how many range pages were read over gRPC and through the JSON gateway. With
+etcd and more than one watcher, one more fresh watcher reads through the JSON gateway only,
+so the two roads are compared on the same data under the same load.
+Modules are imported before the clock starts (their import time is reported apart): the
+figure is the time to read and build the catalog, not Python's start-up.
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rate", type=float, default=100.0, help="changes per second for the latency run (default: 100)")
     parser.add_argument("--changes", type=int, default=1000, help="changes in the latency run (default: 1000)")
+    parser.add_argument(
+        "--watchers", type=int, default=3, help="fresh watcher processes timed holding the catalog; the median is judged (default: 3)"
+    )
 
 
 # -- the synthetic catalog ------------------------------------------------------------------------
@@ -71,7 +84,7 @@ def make_registration(c: int, s: int, per_service: int, labels: dict[str, str] |
         Endpoint(
             service.key,
             cluster_name(c),
-            f"10.{c}.{s // 256}.{s % 256}",
+            f"127.{10 + c}.{s // 256}.{s % 256}",
             8000 + e,
             Locality(f"region-{c}", f"zone-{c}{'ab'[e % 2]}"),
             labels=labels or {},
@@ -95,13 +108,45 @@ def watcher_main() -> None:
     trio.run(_watcher, json.loads(sys.argv[1]))
 
 
-async def _watcher(cfg: dict[str, Any]) -> None:
+def _schedstat() -> tuple[float, float]:
+    """(seconds on a CPU, seconds ready but waiting for one) of this process's main thread (trio's); zeros off Linux."""
+    import os
+
+    try:
+        fields = Path(f"/proc/self/task/{os.getpid()}/schedstat").read_text().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
+
+
+def _cpu_s(processes: list[Any]) -> float:
     import psutil
 
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def _watcher(cfg: dict[str, Any]) -> None:
+    import importlib
+
+    import psutil
+
+    imports_started = time.perf_counter()
     from registry.store import Store
-    from registry.url import open_backend
+    from registry.url import open_backend, parse_registry_url
+
+    backend_module = {"etcd": "registry.etcd", "sqlite": "registry.sqlite", "consul": "registry.consul"}
+    importlib.import_module(backend_module[parse_registry_url(cfg["url"]).scheme])
+    import_s = time.perf_counter() - imports_started
 
     proc = psutil.Process()
+    servers = [psutil.Process(pid) for pid in cfg.get("server_pids", ())]
     gc.collect()
     baseline = proc.memory_info().rss
     shape = cfg["shape"]
@@ -113,6 +158,7 @@ async def _watcher(cfg: dict[str, Any]) -> None:
     latencies: list[float] = []
     held: dict[str, Any] = {}
     ready, done = trio.Event(), trio.Event()
+    sched_started, server_cpu_started = _schedstat(), _cpu_s(servers)
     started, cpu_started = time.perf_counter(), time.process_time()
 
     async def follow(store: Store, cluster: str) -> None:
@@ -134,6 +180,8 @@ async def _watcher(cfg: dict[str, Any]) -> None:
                     done.set()
 
     async with open_backend(cfg["url"]) as backend:
+        if cfg.get("gateway_reads"):
+            backend.grpc_reads = False  # the comparison run: etcd's JSON gateway only
         store = Store(backend)
         async with trio.open_nursery() as nursery:
             for cluster in pending:
@@ -141,10 +189,23 @@ async def _watcher(cfg: dict[str, Any]) -> None:
             await ready.wait()
             hold_s = time.perf_counter() - started
             hold_cpu_s = time.process_time() - cpu_started
+            sched = _schedstat()
+            server_cpu_s = _cpu_s(servers) - server_cpu_started
             gc.collect()
             rss = proc.memory_info().rss
             endpoints = sum(len(catalog.endpoints) for catalog in held.values())
-            print(json.dumps({"hold_s": hold_s, "hold_cpu_s": hold_cpu_s, "rss_mb": rss / 2**20, "catalog_rss_mb": (rss - baseline) / 2**20, "endpoints": endpoints}), flush=True)
+            report = {
+                "hold_s": hold_s,
+                "hold_cpu_s": hold_cpu_s,
+                "runqueue_wait_s": sched[1] - sched_started[1],
+                "server_cpu_s": server_cpu_s if servers else None,
+                "import_s": import_s,
+                "range_pages": dict(getattr(backend, "range_reads", {})) or None,
+                "rss_mb": rss / 2**20,
+                "catalog_rss_mb": (rss - baseline) / 2**20,
+                "endpoints": endpoints,
+            }
+            print(json.dumps(report), flush=True)
             if cfg["changes"]:
                 with trio.move_on_after(cfg["timeout_s"]):
                     await done.wait()
@@ -209,6 +270,34 @@ async def _changes(store: Any, shape: dict[str, int], count: int, rate: float) -
     return trio.current_time() - started
 
 
+async def _open_watcher(cfg: dict[str, Any]) -> Any:
+    code = "from federation.bench.registry import watcher_main; watcher_main()"
+    return await trio.lowlevel.open_process([sys.executable, "-c", code, json.dumps(cfg)], stdout=-1)
+
+
+def _hold_summary(holds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median watcher's figures (by hold time), and every run's hold time."""
+    ordered = sorted(holds, key=lambda h: h["hold_s"])
+    median = ordered[(len(ordered) - 1) // 2]
+
+    def r3(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "watcher_hold_s": r3(median["hold_s"]),
+        "watcher_hold_cpu_s": r3(median["hold_cpu_s"]),
+        "watcher_runqueue_wait_s": r3(median["runqueue_wait_s"]),
+        # what the hold would have been had no other process wanted the cores (an estimate: the verdict uses the wall time)
+        "watcher_hold_less_runqueue_wait_s": r3(median["hold_s"] - median["runqueue_wait_s"]),
+        "server_cpu_during_hold_s": r3(median["server_cpu_s"]),
+        "watcher_import_s": r3(median["import_s"]),
+        "watcher_range_pages": median["range_pages"],
+        "watcher_hold_runs_s": [r3(h["hold_s"]) for h in holds],
+        "watcher_hold_cpu_runs_s": [r3(h["hold_cpu_s"]) for h in holds],
+        "server_cpu_runs_s": [r3(h["server_cpu_s"]) for h in holds],
+    }
+
+
 async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import os
     from contextlib import AsyncExitStack
@@ -221,12 +310,14 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_average = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: say how busy it was
     shape = plan(args.scale)
     total = shape["clusters"] * shape["services"] * shape["endpoints"]
+    server_pids: list[int] = []
     async with AsyncExitStack() as stack:
         if args.backend == "etcd":
             from registry.etcd_process import open_etcd
 
             etcd = await stack.enter_async_context(open_etcd(workdir / "etcd", members=1))
             url, workers = etcd.registry_url, 8
+            server_pids = [m.pid for m in etcd.members if m.pid is not None]
         else:
             url, workers = f"sqlite:///{workdir / 'registry.db'}", 1
         backend = await stack.enter_async_context(open_backend(url))
@@ -236,13 +327,26 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         with Progress(transient=True) as progress:
             task = progress.add_task(f"loading {total:,} endpoints into {args.backend}", total=total)
             load_s = await _load(store, shape, workers, progress, task)
-        cfg = {"url": url, "shape": shape, "changes": args.changes, "timeout_s": args.changes / args.rate + 30}
-        code = "from federation.bench.registry import watcher_main; watcher_main()"
-        process = await trio.lowlevel.open_process([sys.executable, "-c", code, json.dumps(cfg)], stdout=-1)
+        cfg = {"url": url, "shape": shape, "changes": 0, "timeout_s": 30, "server_pids": server_pids}
+        holds = []
+        for _ in range(args.watchers - 1):  # hold-only watchers: a fresh process each
+            process = await _open_watcher(cfg)
+            try:
+                lines = _Lines(process.stdout)
+                with trio.fail_after(300):
+                    holds.append(await lines.next())
+                    await lines.next()
+                    await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+        cfg = {**cfg, "changes": args.changes, "timeout_s": args.changes / args.rate + 30}
+        process = await _open_watcher(cfg)
         try:
             lines = _Lines(process.stdout)
             with trio.fail_after(300):
                 held = await lines.next()
+            holds.append(held)
             change_s = await _changes(store, shape, args.changes, args.rate)
             with trio.fail_after(cfg["timeout_s"] + 30):
                 latencies = (await lines.next())["latencies_ms"]
@@ -250,8 +354,21 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         finally:
             if process.returncode is None:
                 process.kill()
+        gateway_run = None
+        if args.backend == "etcd" and args.watchers > 1:
+            process = await _open_watcher({**cfg, "changes": 0, "timeout_s": 30, "gateway_reads": True})
+            try:
+                lines = _Lines(process.stdout)
+                with trio.fail_after(300):
+                    gateway_run = await lines.next()
+                    await lines.next()
+                    await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
         status = await backend.status()
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    summary = _hold_summary(holds)
     goal_p99 = GOALS["p99_ms"][args.backend]
     return {
         "benchmark": "registry",
@@ -264,8 +381,17 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "load_s": round(load_s, 3),
         "load_endpoints_per_s": round(total / load_s),
         "watcher_endpoints_held": held["endpoints"],
-        "watcher_hold_s": round(held["hold_s"], 3),
-        "watcher_hold_cpu_s": round(held["hold_cpu_s"], 3),
+        **summary,
+        # one more fresh watcher reading through etcd's JSON gateway only, for comparison
+        "gateway_reads_only": None
+        if gateway_run is None
+        else {
+            "watcher_hold_s": round(gateway_run["hold_s"], 3),
+            "watcher_hold_cpu_s": round(gateway_run["hold_cpu_s"], 3),
+            "watcher_runqueue_wait_s": round(gateway_run["runqueue_wait_s"], 3),
+            "server_cpu_during_hold_s": round(gateway_run["server_cpu_s"], 3),
+            "watcher_range_pages": gateway_run["range_pages"],
+        },
         "watcher_rss_mb": round(held["rss_mb"], 1),
         "catalog_rss_mb": round(held["catalog_rss_mb"], 1),
         "changes_sent": args.changes,
@@ -281,11 +407,25 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "load_average_at_start": load_average,
         "goals": {"watcher_hold_s": GOALS["hold_s"], "catalog_rss_mb": GOALS["catalog_rss_mb"], "latency_p99_ms": goal_p99},
         "met": {
-            "watcher_hold_s": held["hold_s"] <= GOALS["hold_s"],
+            "watcher_hold_s": summary["watcher_hold_s"] <= GOALS["hold_s"] and held["endpoints"] == total,
             "catalog_rss_mb": held["catalog_rss_mb"] <= GOALS["catalog_rss_mb"],
             "latency_p99_ms": p99 is not None and p99 <= goal_p99 and len(latencies) == args.changes,
         },
     }
+
+
+def _breakdown(result: dict[str, Any], *, hold: bool = False) -> str:
+    parts = [f"hold {result['watcher_hold_s']:.2f} s"] if hold else []
+    parts += [f"watcher CPU {result['watcher_hold_cpu_s']:.2f} s", f"waiting for a busy core {result['watcher_runqueue_wait_s']:.2f} s"]
+    if result["server_cpu_during_hold_s"] is not None:
+        parts.append(f"{result['backend']} CPU {result['server_cpu_during_hold_s']:.2f} s")
+    pages = result["watcher_range_pages"]
+    if pages:
+        parts.append("range pages " + ", ".join(f"{k} {v}" for k, v in pages.items()))
+    if not hold:
+        parts.append(f"hold less that wait {result['watcher_hold_less_runqueue_wait_s']:.2f} s")
+        parts.append(f"imports {result['watcher_import_s']:.2f} s, before the clock")
+    return "; ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -294,6 +434,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rate <= 0 or args.changes < 0:
         raise UsageError(f"--rate {args.rate} / --changes {args.changes}: need a positive rate and a non-negative count")
+    if not 1 <= args.watchers <= 20:
+        raise UsageError(f"--watchers {args.watchers}: need 1-20 watcher runs")
     workdir = Path(tempfile.mkdtemp(prefix="isthmus-bench-registry-"))
     try:
         result = trio.run(_run, args, workdir)
@@ -311,7 +453,18 @@ def run(args: argparse.Namespace) -> int:
         ["measure", "value", "goal", "met"],
         [
             ["load", f"{result['load_s']:.1f} s ({result['load_endpoints_per_s']:,} endpoints/s)", "", ""],
-            ["fresh watcher holds full catalog", f"{result['watcher_hold_s']:.2f} s ({result['watcher_hold_cpu_s']:.2f} s CPU)", f"≤ {goals['watcher_hold_s']} s", mark(met["watcher_hold_s"])],
+            [
+                f"fresh watcher holds full catalog (median of {len(result['watcher_hold_runs_s'])})",
+                f"{result['watcher_hold_s']:.2f} s (runs: {', '.join(f'{x:.2f}' for x in result['watcher_hold_runs_s'])})",
+                f"≤ {goals['watcher_hold_s']} s",
+                mark(met["watcher_hold_s"]),
+            ],
+            ["  where the time went", _breakdown(result), "", ""],
+            *(
+                [["  same, etcd's JSON gateway only (1 run)", _breakdown({**result, **result["gateway_reads_only"]}, hold=True), "", ""]]
+                if result.get("gateway_reads_only")
+                else []
+            ),
             ["catalog resident memory", f"{result['catalog_rss_mb']:.0f} MB (process {result['watcher_rss_mb']:.0f} MB)", f"≤ {goals['catalog_rss_mb']:.0f} MB", mark(met["catalog_rss_mb"])],
             [f"change → watcher at {result['change_rate_per_s']}/s", f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms ({result['changes_seen']}/{result['changes_sent']} seen)", f"p99 ≤ {goals['latency_p99_ms']:.0f} ms", mark(met["latency_p99_ms"])],
         ],
