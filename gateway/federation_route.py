@@ -273,6 +273,13 @@ class PeerTrustContexts:
             client.load_verify_locations(cadata=extra)
         return server, client
 
+    def reload_identity(self, identity: Any, bundle: Any) -> None:
+        """Use a reissued identity (and bundle) for new connections; open ones keep their context.
+        Both contexts are built before either is swapped in, so a bad identity changes nothing."""
+        server, client = PeerTrustContexts(identity, bundle)._build(self.peer_bundles)
+        self.identity, self.bundle = identity, bundle
+        self.server, self.client = server, client
+
     def trust_peers(self, peers: Mapping[str, Peer]) -> bool:
         """Trust these peers' bundles (and no other peer's); True if the contexts changed."""
         extra = "".join(peers[name].trust_bundle_pem for name in sorted(peers) if peers[name].trust_bundle_pem)

@@ -26,7 +26,13 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
+    def forward_reload(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGHUP)
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, forward_reload)  # every worker reloads its identity
     status = 0
     try:
         remaining = {child.pid: child for child in children}

@@ -133,8 +133,33 @@ async def serve_cluster_gateway(
     source = catalog_source(cluster_config, config, cache_name=cache_name)
     balancers = BalancerSet(ServicePolicy.from_policies(cluster_config.raw.get("policies")))
     authz, access_log = traffic_options(cluster_config.raw, cluster_config.data_dir)
-    await serve_gateway(config, source, handle_signals=handle_signals, picker_factory=balancers, authz=authz,
-                        access_log=access_log, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            nursery.start_soon(reload_identity_on_sighup, config.contexts, cluster_config)
+        await serve_gateway(config, source, handle_signals=handle_signals, picker_factory=balancers, authz=authz,
+                            access_log=access_log, task_status=task_status)
+        nursery.cancel_scope.cancel()
+
+
+async def reload_identity_on_sighup(contexts, cluster_config: ClusterConfig) -> None:
+    """SIGHUP: load the gateway identity and trust bundle from the PKI dir again (after a rotation or a
+    reissue); new connections use them, open ones keep theirs. A bad identity keeps the current one."""
+    import signal
+    import ssl
+
+    from certs.errors import CertsError
+    from certs.store import load_bundle, load_identity
+
+    log = logging.getLogger("isthmus.gateway")
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            try:
+                identity = load_identity(cluster_config.pki_dir, cluster_config.cluster.name, "gateway")
+                contexts.reload_identity(identity, load_bundle(cluster_config.pki_dir))
+            except (CertsError, OSError, ssl.SSLError) as exc:
+                log.warning("SIGHUP: keeping the current identity: %s", exc)
+                continue
+            log.warning("SIGHUP: now presenting %s (valid until %s)", identity.spiffe_id, identity.not_after)
 
 
 def run(args: argparse.Namespace) -> int:

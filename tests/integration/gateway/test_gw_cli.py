@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 import trio
@@ -159,3 +160,77 @@ def test_missing_catalog_and_missing_pki_are_one_line(tmp_path, cli_pki, capsys)
     assert main(["gateway", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("isthmus: error: ") and err.count("\n") == 1
+
+
+async def test_sighup_presents_a_reissued_certificate_and_open_connections_keep_theirs(tmp_path, nursery):
+    """Rotation under a running gateway: after `certs issue` and SIGHUP, new handshakes get the new
+    certificate, while a connection opened before keeps working on the old one."""
+    import ssl
+
+    from certs import pki as pki_ops
+    from certs.tls import client_context
+
+    pki = make_pki(tmp_path / "pki")  # its own PKI: this test reissues the gateway's leaf
+    config = write_config(tmp_path, pki.dir)
+    write_catalog(tmp_path / "catalog.json", await serve_hypercorn(nursery, "127.0.0.1"))
+    catalog = json.loads((tmp_path / "catalog.json").read_text())  # west-1 must be linked to be let in
+    catalog["peers"] = [{"name": "west-1", "region": "eu-west", "zones": ["eu-west-1a"], "gateway": "127.0.0.1:9"}]
+    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+    process = await start(config)
+    try:
+        await wait_ready(addresses(config)["admin"], process)
+        host, port = addresses(config)["eastwest"].rsplit(":", 1)
+        context = client_context(pki.identity("west-1", "gateway"), pki.bundle, alpn=("http/1.1",))
+
+        def open_tls() -> ssl.SSLSocket:
+            import socket
+
+            raw = socket.create_connection((host, int(port)), timeout=5)
+            return context.wrap_socket(raw, server_hostname="echo.demo")
+
+        def serial(conn: ssl.SSLSocket) -> int:
+            from cryptography import x509
+
+            return x509.load_der_x509_certificate(conn.getpeercert(binary_form=True)).serial_number
+
+        parsers: dict[int, h11.Connection] = {}
+
+        def get(conn: ssl.SSLSocket) -> int:
+            """One keep-alive exchange on `conn`, read whole; returns the status code."""
+            parser = parsers.setdefault(id(conn), h11.Connection(h11.CLIENT))
+            if parser.our_state is h11.DONE:
+                parser.start_next_cycle()
+            conn.sendall(parser.send(h11.Request(method="GET", target="/headers", headers=[("host", "echo.demo")]))
+                         + parser.send(h11.EndOfMessage()))
+            status = 0
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
+                    parser.receive_data(conn.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    return status
+
+        # Blocking sockets run in a thread: this trio loop also serves the upstream.
+        run = trio.to_thread.run_sync
+        before = await run(open_tls)
+        assert await run(get, before) == 200
+        old_serial = serial(before)
+        pki_ops.issue_identity(pki.dir, "east-1", "gateway")
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while True:  # the reload is asynchronous: poll new handshakes until they show the new leaf
+                after = await run(open_tls)
+                if serial(after) != old_serial:
+                    break
+                after.close()
+                await trio.sleep(0.05)
+        assert await run(get, after) == 200
+        assert await run(get, before) == 200, "the connection opened before the rotation broke"
+        before.close()
+        after.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            await process.wait()
