@@ -5,7 +5,8 @@ Definitions (stated so that numbers mean the same thing in every report):
   the faulted place (zone, cluster or region).
 - *time to failover* (to steady state): from the fault's start to the start of the first run of
   `STEADY_RUN` consecutive requests that all succeeded and were all served outside the faulted place.
-- *time to return*: from the fault's end to the first request served by the caller's own zone again.
+- *time to return*: from the fault's end to the first request served again by the place the fault took
+  the traffic from (the caller's own zone in a zone outage; the region in a region outage).
 """
 
 from __future__ import annotations

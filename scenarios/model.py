@@ -7,6 +7,7 @@ duration_s = 20
 
 [topology]
 demo = true                 # the demo topology (clusters east-1, east-2, west-1)
+clusters = ["east-1", "east-2", "west-1"]   # optional: a subset of the demo's clusters (default: all)
 
 [load]
 from_cluster = "east-1"
@@ -62,6 +63,14 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "flapping": (("cluster", "zone", "period_s"), ()),
 }
 COMMON_FAULT_FIELDS = ("kind", "at_s", "until_s")
+# Numeric fault parameters and their accepted ranges (inclusive).
+FAULT_NUMBERS: dict[str, tuple[float, float]] = {
+    "latency_ms": (1, 10_000),
+    "loss_percent": (0.1, 100),
+    "delay_ms": (1, 60_000),
+    "fraction": (0.01, 1),
+    "period_s": (0.1, 600),
+}
 
 
 @attrs.frozen
@@ -135,9 +144,21 @@ class Scenario:
         if duration is None:
             raise fail("duration_s", "missing")
         topology = raw.get("topology", {"demo": True})
+        if not isinstance(topology, Mapping):
+            raise fail("topology", "not a table")
+        unknown = set(topology) - {"demo", "clusters"}
+        if unknown:
+            raise fail("topology", f"unknown field(s) {', '.join(sorted(unknown))}")
         if topology.get("demo", True) is not True:
             raise fail("topology", "only the demo topology (demo = true) is supported")
-        clusters = DEMO_CLUSTERS
+        names = topology.get("clusters", list(DEMO_CLUSTERS))
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise fail("topology.clusters", "not a non-empty list of cluster names")
+        for cluster_name in names:
+            if cluster_name not in DEMO_CLUSTERS:
+                raise fail("topology.clusters", f"{cluster_name!r} is not a cluster of the demo topology "
+                                                f"({', '.join(DEMO_CLUSTERS)})")
+        clusters = {n: DEMO_CLUSTERS[n] for n in DEMO_CLUSTERS if n in names}
         regions = {region for region, _ in clusters.values()}
 
         load_raw = raw.get("load")
@@ -184,6 +205,11 @@ class Scenario:
                     raise fail(f"{field}.{key}", f"{f[key]!r} is not a cluster of the topology ({', '.join(clusters)})")
             if "zone" in f and f["zone"] not in clusters[f["cluster"]][1]:
                 raise fail(f"{field}.zone", f"{f['zone']!r} is not a zone of {f['cluster']}")
+            for key, (low, high) in FAULT_NUMBERS.items():
+                if key in f:
+                    number(f, key, f"{field}.{key}", low=low, high=high)
+            if "peer" in f and f["peer"] == f.get("cluster"):
+                raise fail(f"{field}.peer", f"{f['peer']!r} is the cluster itself (a link joins two clusters)")
             if "region" in f and f["region"] not in regions:
                 raise fail(f"{field}.region", f"{f['region']!r} is not a region of the topology")
             params = {k: v for k, v in f.items() if k not in COMMON_FAULT_FIELDS}

@@ -121,6 +121,8 @@ def write_report(result: DrillResult, directory: Path, machine: str = "") -> tup
     )
     plots = "".join(f"<figure><figcaption>{html.escape(title)}</figcaption>{svg}</figure>" for title, svg in _plots(result, wins))
     verdict = "passed" if result.passed else "FAILED"
+    notes = "".join(f"<li>{html.escape(str(n))}</li>" for n in result.measured.get("notes", ()))
+    notes = f"<ul class=notes>{notes}</ul>" if notes else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Drill {html.escape(result.scenario.name)}: {verdict}</title>
 <style>
@@ -132,7 +134,7 @@ tr.missed td {{ color: #b00; font-weight: bold; }} figure {{ margin: 1rem 0; }} 
 <p>{html.escape(result.scenario.description)}</p>
 <p>{summary['requests']} requests, success ratio {summary['success_ratio'] if summary['success_ratio'] is None else f"{summary['success_ratio']:.4%}"},
 {summary['idempotent_failures']} failed idempotent requests. {html.escape(machine)}</p>
-<table><tr><th>SLO</th><th>limit</th><th>measured</th><th>verdict</th></tr>{rows}</table>
+{notes}<table><tr><th>SLO</th><th>limit</th><th>measured</th><th>verdict</th></tr>{rows}</table>
 {plots}
 </body></html>
 """
@@ -161,3 +163,37 @@ def print_summary(results: Sequence[DrillResult]) -> None:
             ", ".join(v.slo for v in r.verdicts if not v.held) or "none",
         )
     Console(width=200).print(table)
+
+
+def results_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of drill summaries (as `write_report` saves them): drill, SLOs, failover time, errors."""
+
+    def number(value: Any) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| drill | verdict | SLOs (limit → measured) | time to failover | requests | errors |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for s in sorted(summaries, key=lambda x: x["drill"]):
+        slos = "; ".join(f"{v['slo']} {number(v['limit'])} → {number(v['measured'])}{'' if v['held'] else ' **missed**'}"
+                         for v in s["slos"])
+        ttf = s["measured"].get("time_to_failover_s")
+        errors = ", ".join(f"{n}× {reason}" for reason, n in s["failures_by_reason"].items()) or "none"
+        lines.append(f"| {s['drill']} | {'passed' if s['passed'] else '**FAILED**'} | {slos} | "
+                     f"{'—' if ttf is None else f'{ttf * 1000:.0f} ms'} | {s['requests']} | {errors} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(report_dir: Path, results_dir: Path, *, header: str) -> Path:
+    """Copy every drill's JSON summary from `report_dir` into `results_dir` (windows left out) with a README table."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for path in sorted(report_dir.glob("*.json")):
+        summary = json.loads(path.read_text())
+        summary.pop("windows", None)
+        summaries.append(summary)
+        (results_dir / path.name).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    readme = results_dir / "README.md"
+    readme.write_text(header.rstrip() + "\n\n" + results_table(summaries))
+    return readme

@@ -1,17 +1,21 @@
 """The drill runner: attach to (or bring up) the demo, run load, play the fault timeline, judge the SLOs.
 
 One trio nursery holds the load generator, the fault timeline and the progress line. Whatever happens
-(an SLO missed, a fault failing, Ctrl-C), `finally` restores every applied fault and stops a demo the
-drill started itself; an attached demo is left running as it was found.
+(an SLO missed, a fault failing, Ctrl-C or SIGTERM), `finally` restores every applied fault and stops a
+demo the drill started itself; an attached demo is left running as it was found. Before anything starts,
+`preflight` (and `check_attached` for `--attach`) refuses a drill this machine or demo cannot run.
 """
 
 from __future__ import annotations
 
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import trio
 
+from federation.demo import processes
 from federation.demo.orchestrator import DemoState, demo_down, demo_up
 from scenarios.analysis import (
     Sample,
@@ -23,9 +27,9 @@ from scenarios.analysis import (
     time_to_return,
 )
 from scenarios.errors import DrillError
-from scenarios.faults import Injector
+from scenarios.faults import Injector, preflight
 from scenarios.loadgen import LoadStats, run_load
-from scenarios.model import Fault, Scenario
+from scenarios.model import DEMO_CLUSTERS, Fault, Scenario
 from scenarios.report import DrillResult
 
 WARMUP_S = 1.0
@@ -36,14 +40,14 @@ def affected_place(fault: Fault, state: DemoState) -> set[str]:
     p = fault.params
     if fault.kind in ("stop-endpoints", "brownout", "flapping"):
         return {p["zone"]} if "zone" in p else {p["cluster"], *next(c["zones"] for c in state.clusters if c["name"] == p["cluster"])}
-    if fault.kind == "kill-gateway":
+    if fault.kind in ("kill-gateway", "cert-expired"):
         return {p["cluster"]}
     if fault.kind in ("partition", "link-loss"):
         return {p["peer"]}
     if fault.kind == "stop-region":
         clusters = [c for c in state.clusters if c["region"] == p["region"]]
         return {c["name"] for c in clusters} | {z for c in clusters for z in c["zones"]}
-    return set()
+    return set()  # link-latency, cert-rotation, registry-down, control-restart: traffic should stay put
 
 
 def serving_before(samples: list[Sample], at_s: float, window_s: float = 1.0) -> set[str]:
@@ -57,18 +61,18 @@ def serving_before(samples: list[Sample], at_s: float, window_s: float = 1.0) ->
 def judge(scenario: Scenario, samples: list[Sample], state: DemoState) -> tuple[tuple[Verdict, ...], dict]:
     measured: dict = {}
     failovers, firsts, returns, during = [], [], [], []
-    home_cluster = scenario.load.from_cluster
-    home_zones = set(next(c["zones"] for c in state.clusters if c["name"] == home_cluster))
     for fault in scenario.faults:
         place = affected_place(fault, state)
         end = fault.until_s if fault.until_s is not None else scenario.duration_s
         during += [s.latency_s * 1000 for s in samples if fault.at_s <= s.start_s < end]
-        if not place or not (place & serving_before(samples, fault.at_s)):
+        before = serving_before(samples, fault.at_s)
+        if not place or not (place & before):
             continue  # this fault did not touch where the traffic was going
         failovers.append(time_to_failover(samples, fault.at_s, place, fault.until_s))
         firsts.append(time_to_first_success_elsewhere(samples, fault.at_s, place))
-        if fault.until_s is not None and place & (home_zones | {home_cluster}):
-            returns.append(time_to_return(samples, fault.until_s, home_zones | {home_cluster}))
+        if fault.until_s is not None:
+            # Back to where the fault took the traffic from (the caller's own zone, or the only region).
+            returns.append(time_to_return(samples, fault.until_s, place & before))
     worst = lambda values: None if not values or None in values else max(values)  # noqa: E731
     measured["time_to_failover_s"] = worst(failovers)
     measured["time_to_first_success_elsewhere_s"] = worst(firsts)
@@ -88,67 +92,88 @@ def judge(scenario: Scenario, samples: list[Sample], state: DemoState) -> tuple[
     return tuple(v for v in verdicts if v is not None), measured
 
 
+def check_attached(scenario: Scenario, attach: Path) -> DemoState:
+    """The running demo in `attach`, refused (one line) when it cannot host `scenario`."""
+    state = DemoState.load(attach.resolve())
+    if state is None or not any(processes.alive(pid) for pid in state.all_pids()):
+        raise DrillError(f"--attach {attach}: no running demo there (start one with `isthmus demo up --dir {attach}`)")
+    missing = [name for name in scenario.clusters if state.cluster(name) is None]
+    if missing:
+        raise DrillError(f"{scenario.name}: the demo in {attach} has no cluster {', '.join(missing)}")
+    preflight(scenario, state)
+    return state
+
+
+def needs_etcd(scenario: Scenario) -> bool:
+    return any(f.kind == "registry-down" for f in scenario.faults)
+
+
 async def run_drill(scenario: Scenario, *, attach: Path | None = None, backend: str = "sqlite",
                     show_progress: bool = True) -> DrillResult:
-    """Run one drill end to end and return its result (the caller writes the report)."""
+    """Run one drill end to end and return its result (the caller writes the report).
+
+    SIGINT and SIGTERM end the drill early: every applied fault is restored and a demo the drill started
+    is stopped (a second signal during that cleanup is ignored), then `KeyboardInterrupt` is raised.
+    """
     from rich.console import Console
     from rich.live import Live
 
     console = Console(stderr=True)
-    needs_etcd = any(f.kind == "registry-down" for f in scenario.faults)
     own_dir = None
-    if attach is not None:
-        state = DemoState.load(attach.resolve())
-        if state is None:
-            raise DrillError(f"--attach {attach}: no running demo there (start one with `isthmus demo up --dir {attach}`)")
-        if needs_etcd and state.backend != "etcd":
-            raise DrillError(f"{scenario.name}: registry-down needs a demo started with --backend etcd")
-        demo_dir = attach
-    else:
-        own_dir = Path(tempfile.mkdtemp(prefix=f"isthmus-drill-{scenario.name}-"))
-        demo_dir = own_dir
-        console.log(f"bringing up a demo for the drill in {own_dir}")
-        state = await demo_up(own_dir, "etcd" if needs_etcd else backend)
-    caller = state.cluster(scenario.load.from_cluster)
-    if caller is None:
-        raise DrillError(f"{scenario.name}: the demo has no cluster {scenario.load.from_cluster}")
+    state: DemoState | None = None
+    injector: Injector | None = None
     samples: list[Sample] = []
     stats = LoadStats()
-    injector = Injector(demo_dir, state)
-    windows = []
-    try:
-        start = trio.current_time() + WARMUP_S
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_load, scenario.load, caller["outbound"], scenario.duration_s + WARMUP_S, samples, stats)
+    interrupted: list[int] = []
+    played = False
+    preflight(scenario)
+    if attach is not None:
+        state = check_attached(scenario, attach)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        drill_scope = trio.CancelScope()
 
-            async def timeline() -> None:
-                events = sorted(
-                    [(f.at_s, "apply", f) for f in scenario.faults]
-                    + [(f.until_s, "restore", f) for f in scenario.faults if f.until_s is not None],
-                    key=lambda e: (e[0], e[1] == "apply"),
-                )
-                for at, action, fault in events:
-                    await trio.sleep_until(start + at)
-                    if action == "apply":
-                        console.log(f"t={at:g}s fault: {fault.kind} {dict(fault.params)}")
-                        await injector.apply(fault, nursery)
-                    else:
-                        console.log(f"t={at:g}s restore: {fault.kind}")
-                        injector.restore(fault)
+        async def watch_signals() -> None:
+            async for signum in signals:
+                if not interrupted:
+                    console.log(f"{signal.Signals(signum).name}: restoring every fault and stopping what the drill started")
+                    interrupted.append(signum)
+                    drill_scope.cancel()
+                # Later signals are swallowed: the cleanup below must run to its end.
 
-            nursery.start_soon(timeline)
-            if show_progress:
-                with Live(console=console, refresh_per_second=4, transient=True) as live:
-                    while trio.current_time() < start + scenario.duration_s:
-                        now = trio.current_time() - start
-                        phase = "warm-up" if now < 0 else ("fault" if injector.applied else "steady")
-                        live.update(f"[bold]{scenario.name}[/bold] t={max(0.0, now):5.1f}s {phase:8} {stats.line(now + WARMUP_S)}")
-                        await trio.sleep(0.25)
-    finally:
-        with trio.CancelScope(shield=True):
-            injector.restore_all()
-            if own_dir is not None:
-                await demo_down(own_dir)
+        async with trio.open_nursery() as guard:
+            guard.start_soon(watch_signals)
+            try:
+                with drill_scope:
+                    if state is None:
+                        own_dir = Path(tempfile.mkdtemp(prefix=f"isthmus-drill-{scenario.name}-"))
+                        chosen = "etcd" if needs_etcd(scenario) else backend
+                        console.log(f"bringing up a demo ({chosen} registry) for the drill in {own_dir}")
+                        clusters = () if len(scenario.clusters) == len(DEMO_CLUSTERS) else tuple(scenario.clusters)
+                        state = await demo_up(own_dir, chosen, clusters=clusters)
+                    demo_dir = Path(state.dir)
+                    caller = state.cluster(scenario.load.from_cluster)
+                    if caller is None:
+                        raise DrillError(f"{scenario.name}: the demo has no cluster {scenario.load.from_cluster}")
+                    injector = Injector(demo_dir, state)
+                    await _play(scenario, caller["outbound"], injector, samples, stats, console,
+                                Live if show_progress else None)
+                    played = True
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        if injector is not None:
+                            await injector.restore_all()
+                    finally:
+                        if own_dir is not None:
+                            await demo_down(own_dir)
+                            if played or interrupted:
+                                shutil.rmtree(own_dir, ignore_errors=True)
+                            else:  # something broke: keep the demo's logs to read
+                                console.log(f"the drill's demo logs are kept in {own_dir / 'logs'}")
+                guard.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    assert state is not None and injector is not None
     # Samples are timed from the load's start; shift them to the drill's clock (after the warm-up).
     shifted = [
         Sample(start_s=s.start_s - WARMUP_S, latency_s=s.latency_s, ok=s.ok, status=s.status, idempotent=s.idempotent,
@@ -156,9 +181,49 @@ async def run_drill(scenario: Scenario, *, attach: Path | None = None, backend: 
         for s in samples if s.start_s >= WARMUP_S
     ]
     verdicts, measured = judge(scenario, shifted, state)
-    for f in scenario.faults:
-        windows.append((f.kind, f.at_s, f.until_s if f.until_s is not None else scenario.duration_s))
+    if injector.notes:
+        measured["notes"] = list(injector.notes)
+    windows = [(f.kind, f.at_s, f.until_s if f.until_s is not None else scenario.duration_s) for f in scenario.faults]
     return DrillResult(scenario, tuple(shifted), verdicts, measured, tuple(windows))
+
+
+async def _play(scenario: Scenario, outbound: str, injector: Injector, samples: list[Sample], stats: LoadStats,
+                console, live_class) -> None:
+    """The load, the fault timeline and the progress line, in one nursery."""
+    start = trio.current_time() + WARMUP_S
+    async with trio.open_nursery() as nursery:
+
+        async def load_then_stop(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            # The load is the drill: when it ends, so do the timeline, fault tasks and relays.
+            await run_load(scenario.load, outbound, scenario.duration_s + WARMUP_S, samples, stats,
+                           task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(load_then_stop)
+
+        async def timeline() -> None:
+            events = sorted(
+                [(f.at_s, "apply", f) for f in scenario.faults]
+                + [(f.until_s, "restore", f) for f in scenario.faults if f.until_s is not None],
+                key=lambda e: (e[0], e[1] == "apply"),
+            )
+            for at, action, fault in events:
+                await trio.sleep_until(start + at)
+                if action == "apply":
+                    console.log(f"t={at:g}s fault: {fault.kind} {dict(fault.params)}")
+                    await injector.apply(fault, nursery)
+                else:
+                    console.log(f"t={at:g}s restore: {fault.kind}")
+                    await injector.restore(fault)
+
+        nursery.start_soon(timeline)
+        if live_class is not None:
+            with live_class(console=console, refresh_per_second=4, transient=True) as live:
+                while trio.current_time() < start + scenario.duration_s:
+                    now = trio.current_time() - start
+                    phase = "warm-up" if now < 0 else ("fault" if injector.applied else "steady")
+                    live.update(f"[bold]{scenario.name}[/bold] t={max(0.0, now):5.1f}s {phase:8} {stats.line(now + WARMUP_S)}")
+                    await trio.sleep(0.25)
 
 
 def shipped_scenarios() -> list[Path]:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
-from scenarios.analysis import Sample, check, percentile, time_to_failover, time_to_first_success_elsewhere, time_to_return, windows
+from scenarios.analysis import (
+    Sample,
+    check,
+    percentile,
+    time_to_failover,
+    time_to_first_success_elsewhere,
+    time_to_return,
+    windows,
+)
 
 
 def s(t, ok=True, zone="us-east-1a", cluster="east-1", latency=0.002):
