@@ -28,11 +28,11 @@ from gateway.errors import UpstreamConnectError
 from gateway.lb.health import ActiveHealthCheck, EndpointMarkedHealthy, EndpointMarkedUnhealthy
 from gateway.lb.policy import HealthCheckPolicy, ServicePolicy
 from gateway.net import connect
+from gateway.periodic import PeriodicChecks
 from registry.model import Catalog, Endpoint
 
 log = logging.getLogger("isthmus.gateway.health")
 
-TICK_S = 0.05  # how often due checks are looked for (checks themselves run every `interval_s`)
 
 
 async def check_endpoint(endpoint: Endpoint, protocol: str, policy: HealthCheckPolicy, *,
@@ -74,7 +74,7 @@ async def _http_get(stream: trio.SocketStream, endpoint: Endpoint, path: str) ->
             return False
 
 
-class HealthChecker:
+class HealthChecker(PeriodicChecks):
     """Active checks of every local endpoint in the catalog in force (see the module docstring)."""
 
     def __init__(self, *, cluster: str, catalog: Callable[[], Catalog | None],
@@ -126,34 +126,23 @@ class HealthChecker:
             for endpoint_id, ok in by_service.get(balancer.service, ()):
                 balancer.set_endpoint_health(endpoint_id, ok, now)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                now = trio.current_time()
-                self.sync(now)
-                for endpoint_id, check in self.checks.items():
-                    if endpoint_id not in self.running and check.due(now):
-                        check.started(now)
-                        self.running.add(endpoint_id)
-                        nursery.start_soon(self._check_one, endpoint_id, check)
-                self.apply(now)
-                await trio.sleep(TICK_S)
+    def due_checks(self) -> dict[str, ActiveHealthCheck]:
+        return self.checks
 
-    async def _check_one(self, endpoint_id: str, check: ActiveHealthCheck) -> None:
-        try:
-            endpoint = self.endpoints[endpoint_id]
-            catalog = self.catalog()
-            service = None if catalog is None else catalog.services.get(endpoint.service)
-            protocol = "http" if service is None else service.protocol
-            ok = await self.check(endpoint, protocol, check.policy, source_address=self.source_address)
-            event = check.record(ok, trio.current_time())
-            if isinstance(event, EndpointMarkedUnhealthy):
-                log.warning("endpoint %s failed %d active checks: out of rotation", endpoint_id, check.failures)
-            elif isinstance(event, EndpointMarkedHealthy):
-                log.info("endpoint %s passes its active checks again", endpoint_id)
-            if event is not None:
-                self.events.append(event)
-                self.apply(trio.current_time())
-        finally:
-            self.running.discard(endpoint_id)
+    def after_tick(self, now: float) -> None:
+        self.apply(now)
+
+    async def check_one(self, endpoint_id: str, check: ActiveHealthCheck) -> None:
+        endpoint = self.endpoints[endpoint_id]
+        catalog = self.catalog()
+        service = None if catalog is None else catalog.services.get(endpoint.service)
+        protocol = "http" if service is None else service.protocol
+        ok = await self.check(endpoint, protocol, check.policy, source_address=self.source_address)
+        event = check.record(ok, trio.current_time())
+        if isinstance(event, EndpointMarkedUnhealthy):
+            log.warning("endpoint %s failed %d active checks: out of rotation", endpoint_id, check.failures)
+        elif isinstance(event, EndpointMarkedHealthy):
+            log.info("endpoint %s passes its active checks again", endpoint_id)
+        if event is not None:
+            self.events.append(event)
+            self.apply(trio.current_time())

@@ -29,6 +29,7 @@ from gateway.errors import GatewayError
 from gateway.h2conn import StreamReset
 from gateway.lb.health import PeerMarkedAlive, PeerMarkedDead, PeerProbe, PeerView
 from gateway.lb.policy import PeerProbePolicy
+from gateway.periodic import PeriodicChecks
 from registry.model import Catalog, parse_host_port
 
 log = logging.getLogger("isthmus.gateway.probes")
@@ -37,7 +38,6 @@ PROBE_AUTHORITY = b"probe.isthmus"
 # The TLS server name of the probes' own connection to each peer gateway.
 PEER_LINK_SNI = PROBE_AUTHORITY.decode()
 PROBE_PATH = b"/v1/probe"
-TICK_S = 0.05
 MAX_ANSWER_BYTES = 1 << 20
 
 
@@ -85,7 +85,7 @@ def parse_answer(body: bytes) -> Mapping[str, int]:
     return {str(k): int(v) for k, v in healthy.items()}
 
 
-class PeerProber:
+class PeerProber(PeriodicChecks):
     """Probes every peer gateway of the catalog in force (see the module docstring)."""
 
     def __init__(self, *, cluster: str, catalog: Callable[[], Catalog | None], upstreams: Any,
@@ -134,18 +134,8 @@ class PeerProber:
             self._pushed = state
             self.on_views(self.views(), now)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                now = trio.current_time()
-                self.sync(now)
-                for name, probe in self.probes.items():
-                    if name not in self.running and probe.due(now):
-                        probe.started(now)
-                        self.running.add(name)
-                        nursery.start_soon(self._probe_one, name, probe)
-                await trio.sleep(TICK_S)
+    def due_checks(self) -> dict[str, PeerProbe]:
+        return self.probes
 
     async def probe_once(self, name: str) -> tuple[float, Mapping[str, int]]:
         """One probe of peer `name`: (RTT, healthy counts), or an exception."""
@@ -178,26 +168,23 @@ class PeerProber:
             raise GatewayError(f"probe of {name} answered {status}")
         return rtt, parse_answer(body)
 
-    async def _probe_one(self, name: str, probe: PeerProbe) -> None:
-        try:
-            result = None
-            with trio.move_on_after(self.policy.timeout_s):
-                try:
-                    result = await self.probe_once(name)
-                except (GatewayError, StreamReset, ValueError, OSError, trio.BrokenResourceError,
-                        trio.ClosedResourceError) as exc:
-                    log.debug("probe of %s failed: %s", name, exc)
-            now = trio.current_time()
-            if result is None:
-                event: object = probe.record_failure(now)
-            else:
-                event = probe.record_success(now, result[0], result[1])
-            if isinstance(event, PeerMarkedDead):
-                log.warning("peer gateway %s missed %d probes: out of rotation", name, probe.misses)
-            elif isinstance(event, PeerMarkedAlive):
-                log.info("peer gateway %s answers its probes again", name)
-            if event is not None:
-                self.events.append(event)
-            self.push(now)
-        finally:
-            self.running.discard(name)
+    async def check_one(self, name: str, probe: PeerProbe) -> None:
+        result = None
+        with trio.move_on_after(self.policy.timeout_s):
+            try:
+                result = await self.probe_once(name)
+            except (GatewayError, StreamReset, ValueError, OSError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as exc:
+                log.debug("probe of %s failed: %s", name, exc)
+        now = trio.current_time()
+        if result is None:
+            event: object = probe.record_failure(now)
+        else:
+            event = probe.record_success(now, result[0], result[1])
+        if isinstance(event, PeerMarkedDead):
+            log.warning("peer gateway %s missed %d probes: out of rotation", name, probe.misses)
+        elif isinstance(event, PeerMarkedAlive):
+            log.info("peer gateway %s answers its probes again", name)
+        if event is not None:
+            self.events.append(event)
+        self.push(now)
