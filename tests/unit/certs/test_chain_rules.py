@@ -15,7 +15,10 @@ from certs.rotation import renew_at
 from certs.testing import make_pki
 from certs.tls import classify_handshake_error
 
-NOW = dt.datetime.now(dt.UTC)
+
+def now() -> dt.datetime:
+    """The time of the check (not of the import: the suite may reach these tests minutes later)."""
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def chain_of(identity):
 
 
 def test_good_chain_verifies_offline(demo):
-    report = verify_chain(chain_of(demo.identity("east-1")), demo.bundle.roots, NOW)
+    report = verify_chain(chain_of(demo.identity("east-1")), demo.bundle.roots, now())
     assert report.ok, report.detail
     assert str(report.spiffe_id) == "spiffe://mesh.example/cluster/east-1/gateway"
     assert len(report.path) == 3
@@ -40,7 +43,7 @@ def test_leaf_from_east_1_claiming_west_1_breaks_the_cluster_rule(demo):
         check_peer_chain(chain_of(forged))
     assert rejected.value.reason == "cluster-mismatch"
     assert "may only issue identities under spiffe://mesh.example/cluster/east-1/" in rejected.value.detail
-    report = verify_chain(chain_of(forged), demo.bundle.roots, NOW)
+    report = verify_chain(chain_of(forged), demo.bundle.roots, now())
     assert not report.ok and report.detail.startswith("cluster-mismatch")
 
 
@@ -84,17 +87,17 @@ def test_leaf_signed_by_the_root_itself_has_no_cluster_ca(demo):
 
 def test_offline_verification_names_each_failure(demo, tmp_path):
     other = make_pki(tmp_path / "o", clusters={"east-1": ("us-east", "us-east-1a")})
-    report = verify_chain(chain_of(other.identity("east-1")), demo.bundle.roots, NOW)
+    report = verify_chain(chain_of(other.identity("east-1")), demo.bundle.roots, now())
     assert not report.ok and "unknown CA" in report.detail
-    later = NOW + dt.timedelta(days=2)
+    later = now() + dt.timedelta(days=2)
     report = verify_chain(chain_of(demo.identity("east-1")), demo.bundle.roots, later)
     assert not report.ok and "expired on" in report.detail
-    report = verify_chain(chain_of(demo.identity("east-1")), demo.bundle.roots, NOW - dt.timedelta(days=1))
+    report = verify_chain(chain_of(demo.identity("east-1")), demo.bundle.roots, now() - dt.timedelta(days=1))
     assert not report.ok and "is not valid before" in report.detail
     foreign = demo.forge(
         "td", issuer_cluster="east-1", uris=["spiffe://other.example/cluster/east-1/gateway"]
     )
-    report = verify_chain(chain_of(foreign), demo.bundle.roots, NOW)
+    report = verify_chain(chain_of(foreign), demo.bundle.roots, now())
     assert not report.ok and "outside" in report.detail and "name constraint (mesh.example)" in report.detail
 
 
