@@ -54,15 +54,28 @@ def _up(args: argparse.Namespace) -> int:
     _print_state(state)
     east = state.cluster("east-1")
     if east is not None and not args.bare:
+        cli = _cli_name()
         print(f"""
 Try it:
   curl -s -H 'host: hello.demo' http://{east['outbound']}/     # east-1 -> west-1 (eu-west), through both gateways
   curl -s -H 'host: echo.demo'  http://{east['outbound']}/     # stays in east-1's own zone
 Break a zone and watch traffic move:
-  isthmus drill run scenarios/zone-outage.toml --attach {args.dir}
+  {cli} drill run zone-outage --attach {args.dir}
 Stop everything:
-  isthmus demo down --dir {args.dir}""")
+  {cli} demo down --dir {args.dir}""")
     return 0
+
+
+def _cli_name() -> str:
+    """How the user can call this CLI: `isthmus` when it is on PATH, else its path in the virtualenv."""
+    import os
+    import shutil
+    import sys
+
+    if shutil.which("isthmus"):
+        return "isthmus"
+    candidate = Path(sys.executable).parent / "isthmus"
+    return os.path.relpath(candidate) if candidate.exists() else f"{sys.executable} -m federation.cli"
 
 
 def _status(args: argparse.Namespace) -> int:
