@@ -32,9 +32,10 @@ from typing import Any
 
 from federation.bench._machine import write_results
 from federation.errors import UsageError
-from gateway.policy.accesslog import AccessLogConfig, AccessLogRecord
+from gateway.policy.accesslog import AccessLogConfig
 from gateway.policy.rules import RoutesConfig
 from gateway.policy.table import RequestView, RouteTable
+from gateway.policy.testing import sample_record
 
 HELP = "route-rule evaluation and access-log formatting cost per request (pure, no I/O)"
 GOAL_P50_US = 5.0
@@ -336,29 +337,7 @@ def run(args: argparse.Namespace) -> int:
     route["matched_fraction"] = round(hits / args.requests, 3)
 
     config = AccessLogConfig()
-    record = AccessLogRecord(
-        time=1_764_000_000.123,
-        gateway="east-1",
-        listener="outbound",
-        request_id="0123456789abcdef",
-        trace_id="0af7651916cd43dd8448eb211c80319c",
-        source_identity="spiffe://mesh.example/cluster/east-1/ns/shop/sa/web",
-        source_cluster="east-1",
-        method="GET",
-        authority="checkout.shop",
-        path="/api/orders/42",
-        route="canary",
-        destination_service="checkout.shop",
-        destination_cluster="west-1",
-        endpoint="west-1/127.0.3.10:8080",
-        locality_priority=2,
-        attempts=1,
-        response_code=200,
-        bytes_in=120,
-        bytes_out=5120,
-        duration_ms=3.512,
-        upstream_duration_ms=3.1,
-    )
+    record = sample_record()
     log_samples: list[int] = []
     count = min(args.requests, 100_000)
     with console.status("timing access-log formatting"):
