@@ -1,6 +1,7 @@
 """The admin listener (loopback only): `/metrics`, `/ready`, `/healthz`, `/catalog`.
 
-A tiny HTTP/1.1 server over h11: one request per connection, GET only. `/ready` is 200 once the
+A tiny HTTP/1.1 server over h11: one request per connection, GET only; a route is a function of
+the request headers (`/metrics` answers in the format `Accept` prefers, `gateway.exposition`). `/ready` is 200 once the
 first catalog is in force and every listener is bound, and 503 while draining; `/catalog` is the
 JSON of the catalog the gateway currently believes (`registry.codec` shape) with its state.
 
@@ -59,8 +60,11 @@ def encode_body(body: bytes, request_headers: list[tuple[bytes, bytes]]) -> tupl
     return packed, [(b"content-encoding", b"gzip"), (b"vary", b"accept-encoding")]
 
 
-async def serve_admin_connection(stream: trio.abc.Stream, routes: dict[bytes, Callable[[], tuple[int, bytes, bytes]]],
-                                 *, timeout_s: float = 5.0) -> None:
+Headers = list[tuple[bytes, bytes]]
+AdminRoute = Callable[[Headers], tuple[int, bytes, bytes]]  # request headers -> status, content type, body
+
+
+async def serve_admin_connection(stream: trio.abc.Stream, routes: dict[bytes, AdminRoute], *, timeout_s: float = 5.0) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
     with trio.move_on_after(timeout_s):
         while True:
@@ -81,7 +85,7 @@ async def serve_admin_connection(stream: trio.abc.Stream, routes: dict[bytes, Ca
         elif handler is None:
             status, ctype, body = 404, b"text/plain", b"not found: try /metrics /ready /healthz /catalog\n"
         else:
-            status, ctype, body = handler()
+            status, ctype, body = handler(event.headers)
         if len(body) >= GZIP_IN_THREAD_BYTES and accepts_gzip(event.headers):  # zlib lets go of the GIL: listeners keep serving meanwhile
             body, encoding = await trio.to_thread.run_sync(encode_body, body, event.headers)
         else:

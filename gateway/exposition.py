@@ -15,12 +15,22 @@ It writes the same families, series, label sets and values, in the same order, a
   per label set and family. This is decided per registry here, not by prometheus_client's process-wide
   `disable_created_metrics()`, so other registries in the same process are left as they are.
 
+The same registry also renders as Prometheus' protobuf exposition (`render_protobuf`: delimited
+`io.prometheus.client.MetricFamily` messages, hand-encoded; no protobuf runtime needed), which a
+Prometheus scraper asks for first when run with `--enable-feature=native-histograms` (2.40+) or
+`scrape_protocols: [PrometheusProto, ...]` (2.49+). There a series' labels are written once per
+series, not once per histogram bucket: a gateway with 1,000 services and 10 clusters is ~1 MB raw
+instead of ~4 MB of text. Histograms stay classic (explicit bounds, cumulative counts, the `+Inf`
+bucket written out). `negotiate(request_headers)` picks the format from `Accept`.
+
 Rendering one registry keeps a renderer (and its cache) per registry in a weak mapping, so a gateway
-only calls `render(self.registry)`. Pure: no trio, no I/O; must not import `federation`.
+only calls `render(self.registry)` or `render_protobuf(self.registry)`. Pure: no trio, no I/O; must
+not import `federation`.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from operator import attrgetter, methodcaller
@@ -33,6 +43,7 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.values import MutexValue, ValueClass
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+PROTOBUF_CONTENT_TYPE = b"application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 # A child's value is read without taking its lock when it is prometheus_client's in-process
 # `MutexValue`: the lock guards read-modify-write in `inc`/`observe`, and reading one float
 # attribute is atomic under the GIL; half the cost of a histogram scrape was taking those locks.
@@ -60,6 +71,72 @@ def _header(name: str, kind: str, documentation: str) -> str:
     doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
     name = escape_metric_name(name)
     return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+
+
+# -- protobuf primitives (metrics.proto, package io.prometheus.client) -----------------------------
+# MetricFamily: 1 name, 2 help, 3 type, 4 metric*.  Metric: 1 label*, 2 gauge, 3 counter, 5 untyped,
+# 7 histogram.  LabelPair: 1 name, 2 value.  Gauge/Counter/Untyped: 1 value (double).
+# Histogram: 1 sample_count (uint64), 2 sample_sum (double), 3 bucket*.  Bucket: 1 cumulative_count
+# (uint64), 2 upper_bound (double).
+_COUNTER, _GAUGE, _UNTYPED, _HISTOGRAM = 0, 1, 3, 4
+_METRIC_FIELD = {_COUNTER: 3, _GAUGE: 2, _UNTYPED: 5}
+_double = struct.Struct("<d").pack
+
+
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]  # varints below 128, and every tag used here
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _ONE_BYTE[number << 3 | 2] + _varint(len(payload)) + payload
+
+
+def _double_field(number: int, value: float) -> bytes:
+    return _ONE_BYTE[number << 3 | 1] + _double(value)
+
+
+def _label_pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """The `label` fields of a `Metric`, sorted by name as Prometheus keeps them."""
+    return b"".join(_field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in sorted(pairs))
+
+
+def _family_message(name: str, documentation: str, kind: int, metrics: list[bytes]) -> bytes:
+    """One delimited `MetricFamily`: its length, then its fields."""
+    body = b"".join([_field(1, name.encode()), _field(2, documentation.encode()), _varint(3 << 3) + _varint(kind),
+                     *(_field(4, m) for m in metrics)])  # fmt: skip
+    return _varint(len(body)) + body
+
+
+class _Varints(dict[int, bytes]):
+    """Varint encodings memoised (counts repeat a lot), bounded like `ValueText`'s memo."""
+
+    def __missing__(self, value: int) -> bytes:
+        if len(self) >= _VALUE_MEMO_MAX:
+            self.clear()
+        encoded = self[value] = _varint(value)
+        return encoded
+
+
+def _histogram_metric(labels: bytes, bounds: list[bytes], counts: list[float], total: float, varints: _Varints) -> bytes:
+    """A histogram `Metric`: `bounds[i]` is bucket i's encoded `upper_bound` field, `counts[i]` its
+    cumulative count. A bucket message is < 128 bytes, so its length is one byte."""
+    parts = [b"\x08", varints[int(counts[-1])], _double_field(2, total)]
+    for bound, count in zip(bounds, counts, strict=True):
+        bucket = b"\x08" + varints[int(count)] + bound
+        parts.append(b"\x1a" + bytes((len(bucket),)) + bucket)
+    histogram = b"".join(parts)
+    return labels + b":" + _varint(len(histogram)) + histogram  # b":" is field 7, wire type 2
 
 
 class ValueText:
@@ -92,6 +169,9 @@ class _Family:
     def write(self, out: list[str], fmt: ValueText) -> None:
         raise NotImplementedError
 
+    def write_proto(self, out: list[bytes]) -> None:
+        raise NotImplementedError
+
 
 class _ChildFamily(_Family):
     """A `Counter`, `Gauge` or `Histogram`, read from its children with cached series prefixes."""
@@ -100,8 +180,11 @@ class _ChildFamily(_Family):
         self.collector = collector
         self.kind = collector._type
         name = collector._name
-        self.header = _header(name + "_total" if self.kind == "counter" else name, self.kind, collector._documentation)
+        self.name = name + "_total" if self.kind == "counter" else name
+        self.header = _header(self.name, self.kind, collector._documentation)
         self.prefixes: dict[tuple[str, ...], Any] = {}
+        self.label_fields: dict[tuple[str, ...], bytes] = {}
+        self.varints = _Varints()
 
     def _children(self) -> list[tuple[tuple[str, ...], Any]]:
         c = self.collector
@@ -124,14 +207,18 @@ class _ChildFamily(_Family):
         total = _series_name(name + "_sum", labels) if c._upper_bounds[0] >= 0 else None
         return buckets, _series_name(name + "_count", labels), total
 
+    @staticmethod
+    def _forget_removed(cache: dict[tuple[str, ...], Any], children: list[tuple[tuple[str, ...], Any]]) -> None:
+        if len(cache) > len(children):  # label sets were removed: forget their strings
+            alive = {values for values, _ in children}
+            for values in [v for v in cache if v not in alive]:
+                del cache[values]
+
     def write(self, out: list[str], fmt: ValueText) -> None:
         out.append(self.header)
         children = self._children()
         prefixes = self.prefixes
-        if len(prefixes) > len(children):  # label sets were removed: forget their strings
-            alive = {values for values, _ in children}
-            for values in [v for v in prefixes if v not in alive]:
-                del prefixes[values]
+        self._forget_removed(prefixes, children)
         # The hot loop (one pass per series line): local names, memoised numbers, values read as the
         # module comment on `_read` says; `append` three pieces rather than format one string.
         append, known, read, kind = out.append, fmt.memo.get, _read, self.kind
@@ -167,6 +254,34 @@ class _ChildFamily(_Family):
                 append(prefix)
                 append(known(value) or fmt(value))
                 append("\n")
+
+    def write_proto(self, out: list[bytes]) -> None:
+        c, kind = self.collector, self.kind
+        children = self._children()
+        if not children:
+            return
+        cache = self.label_fields
+        self._forget_removed(cache, children)
+        read, metrics, varints = _read, [], self.varints
+        if kind == "histogram":
+            bounds = [_double_field(2, b) for b in c._upper_bounds]
+        for values, child in children:
+            labels = cache.get(values)
+            if labels is None:
+                labels = cache[values] = _label_pairs(zip(c._labelnames, values, strict=True))
+            if kind == "histogram":
+                acc, counts = 0.0, []
+                for bucket in child._buckets:
+                    acc += read(bucket)
+                    counts.append(acc)
+                metrics.append(_histogram_metric(labels, bounds, counts, read(child._sum), varints))
+                continue
+            if "_child_samples" in child.__dict__:  # a gauge given `set_function`
+                value = child._child_samples()[0].value
+            else:
+                value = read(child._value)
+            metrics.append(labels + _field(_METRIC_FIELD[_PROTO_KIND[kind]], _double_field(1, value)))
+        out.append(_family_message(self.name, c._documentation, _PROTO_KIND[kind], metrics))
 
 
 class _CollectedFamily(_Family):
@@ -214,6 +329,23 @@ class _CollectedFamily(_Family):
                 out.append(_header(metric.name + suffix, "gauge", metric.documentation))
                 out.extend(lines)
 
+    def write_proto(self, out: list[bytes]) -> None:
+        """Counters, gauges and info as themselves; any other type as untyped series, one family per
+        sample name (what Prometheus reads from untyped text, `le` and all)."""
+        for metric in self.collect():
+            kind = {"counter": _COUNTER, "gauge": _GAUGE, "info": _GAUGE}.get(metric.type, _UNTYPED)
+            by_name: dict[str, list[bytes]] = {}
+            for sample in metric.samples:
+                if sample.name == metric.name + "_created":
+                    continue
+                body = _label_pairs(sample.labels.items()) + _field(_METRIC_FIELD[kind], _double_field(1, sample.value))
+                by_name.setdefault(sample.name, []).append(body)
+            for name, metrics in by_name.items():
+                out.append(_family_message(name, metric.documentation, kind, metrics))
+
+
+_PROTO_KIND = {"counter": _COUNTER, "gauge": _GAUGE, "histogram": _HISTOGRAM}
+
 
 def _family_of(collector: Any) -> _Family:
     if type(collector) in (Counter, Gauge, Histogram):
@@ -237,34 +369,81 @@ class TextExposition:
             target_info = registry._target_info_metric() if registry._target_info else None
         return collectors, target_info
 
-    def render(self) -> bytes:
-        with self._lock:
-            return self._render()
-
-    def _render(self) -> bytes:
+    def _families(self) -> list[_Family]:
+        """The families to write, in registration order (the target info first), caches kept."""
         collectors, target_info = self._collectors()
-        out: list[str] = []
-        if target_info is not None:
-            _CollectedFamily(lambda: [target_info]).write(out, self.fmt)
         families = self.families
         if len(families) > len(collectors):
             alive = set(collectors)
             for gone in [c for c in families if c not in alive]:
                 del families[gone]
+        ordered = [] if target_info is None else [_CollectedFamily(lambda: [target_info])]
         for collector in collectors:
             family = families.get(collector)
             if family is None:
                 family = families[collector] = _family_of(collector)
-            family.write(out, self.fmt)
-        return "".join(out).encode("utf-8")
+            ordered.append(family)
+        return ordered
+
+    def render(self) -> bytes:
+        with self._lock:
+            out: list[str] = []
+            for family in self._families():
+                family.write(out, self.fmt)
+            return "".join(out).encode("utf-8")
+
+    def render_protobuf(self) -> bytes:
+        with self._lock:
+            out: list[bytes] = []
+            for family in self._families():
+                family.write_proto(out)
+            return b"".join(out)
 
 
 _RENDERERS: WeakKeyDictionary[CollectorRegistry, TextExposition] = WeakKeyDictionary()
 
 
-def render(registry: CollectorRegistry) -> bytes:
-    """The registry's text exposition, through its cached renderer."""
+def _renderer(registry: CollectorRegistry) -> TextExposition:
     renderer = _RENDERERS.get(registry)
     if renderer is None:
         renderer = _RENDERERS[registry] = TextExposition(registry)
-    return renderer.render()
+    return renderer
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry's text exposition, through its cached renderer."""
+    return _renderer(registry).render()
+
+
+def render_protobuf(registry: CollectorRegistry) -> bytes:
+    """The registry's protobuf exposition (delimited `MetricFamily` messages), through its cached renderer."""
+    return _renderer(registry).render_protobuf()
+
+
+def wants_protobuf(request_headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True when `Accept` lists the delimited `MetricFamily` protobuf format ahead of (or as good as)
+    every text format it lists, as Prometheus' scraper does when it can read it."""
+    best_proto, best_text = -1.0, -1.0
+    for name, value in request_headers:
+        if name.lower() != b"accept":
+            continue
+        for item in value.split(b","):
+            media, *params = (part.strip() for part in item.split(b";"))
+            options = dict(p.partition(b"=")[::2] for p in params)
+            try:
+                q = float(options.get(b"q", b"1"))
+            except ValueError:
+                q = 0.0
+            if media.lower() == b"application/vnd.google.protobuf":
+                if options.get(b"proto") == b"io.prometheus.client.MetricFamily" and options.get(b"encoding") == b"delimited":
+                    best_proto = max(best_proto, q)
+            elif media.lower() in (b"text/plain", b"application/openmetrics-text", b"*/*", b"text/*"):
+                best_text = max(best_text, q)
+    return best_proto > 0 and best_proto >= best_text
+
+
+def negotiate(registry: CollectorRegistry, request_headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """`(content type, body)` of `/metrics` for a request: protobuf when its `Accept` prefers it, text otherwise."""
+    if wants_protobuf(request_headers):
+        return PROTOBUF_CONTENT_TYPE, render_protobuf(registry)
+    return CONTENT_TYPE, render(registry)

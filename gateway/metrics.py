@@ -129,3 +129,7 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The text exposition of the registry: label strings cached per label set, no `_created`."""
         return exposition.render(self.registry)
+
+    def exposition_for(self, request_headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        """`(content type, body)` for a `/metrics` request: protobuf when its `Accept` prefers it, else text."""
+        return exposition.negotiate(self.registry, request_headers)

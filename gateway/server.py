@@ -31,7 +31,7 @@ import trio
 
 from certs.errors import IdentityRejected
 from certs.tls import classify_handshake_error, peer_identity
-from gateway.admin import json_body, serve_admin_connection
+from gateway.admin import AdminRoute, Headers, json_body, serve_admin_connection
 from gateway.authz import AuthzPolicy
 from gateway.catalog_source import CatalogSource
 from gateway.config import GatewayConfig
@@ -457,18 +457,18 @@ class Gateway:
     async def _serve_admin(self, stream: trio.SocketStream) -> None:
         await serve_admin_connection(stream, self._admin_routes())
 
-    def _admin_routes(self) -> dict[bytes, Callable[[], tuple[int, bytes, bytes]]]:
-        def metrics() -> tuple[int, bytes, bytes]:
-            return 200, b"text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+    def _admin_routes(self) -> dict[bytes, AdminRoute]:
+        def metrics(headers: Headers) -> tuple[int, bytes, bytes]:
+            return 200, *self.metrics.exposition_for(headers)
 
-        def ready() -> tuple[int, bytes, bytes]:
+        def ready(headers: Headers) -> tuple[int, bytes, bytes]:
             ok = self.ready and not self.draining
             return (200 if ok else 503), b"text/plain", b"ready\n" if ok else b"not ready\n"
 
-        def healthz() -> tuple[int, bytes, bytes]:
+        def healthz(headers: Headers) -> tuple[int, bytes, bytes]:
             return 200, b"text/plain", b"ok\n"
 
-        def catalog() -> tuple[int, bytes, bytes]:
+        def catalog(headers: Headers) -> tuple[int, bytes, bytes]:
             current = self.catalog
             body = {
                 "cluster": self.config.cluster,

@@ -1,4 +1,5 @@
-"""Render `prometheus/scrape.yml.tmpl` into a Prometheus config for given gateways and control planes.
+"""Render `prometheus/scrape.yml.tmpl` into a Prometheus config for given gateways and control planes,
+and the command line that runs Prometheus on it.
 
 Pure; imports only the standard library.
 """
@@ -25,3 +26,12 @@ def render_scrape_config(gateways: Sequence[str], controls: Sequence[str] = (), 
         rules_file=json.dumps(str(rules_file)),
         scrape_interval=scrape_interval,
     )
+
+
+def prometheus_argv(config: str | Path, tsdb: str | Path, address: str, *extra: str) -> list[str]:
+    """How the demo and the tests run Prometheus (2.40 to 2.48). `native-histograms` makes it ask for the
+    protobuf exposition first, which gateways serve (`gateway.exposition`): each series' labels once
+    rather than on every histogram bucket line, a quarter of the text's size. Histograms stay classic.
+    From 2.49, `scrape_protocols: [PrometheusProto, ...]` in the scrape config does the same."""
+    return ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}", f"--web.listen-address={address}",
+            "--enable-feature=native-histograms", *extra]  # fmt: skip

@@ -252,7 +252,7 @@ class Demo:
     async def start_prometheus(self, plans: Sequence[ClusterPlan], state: DemoState) -> None:
         import shutil
 
-        from federation.dashboard.promconfig import render_scrape_config
+        from federation.dashboard.promconfig import prometheus_argv, render_scrape_config
 
         if shutil.which("prometheus") is None:
             return
@@ -261,8 +261,7 @@ class Demo:
         config = self.dir / "prometheus.yml"
         config.write_text(render_scrape_config([p.address(p.admin) for p in plans], [p.address(p.control) for p in plans],
                                                scrape_interval="5s"))
-        argv = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data' / 'prometheus'}",
-                f"--web.listen-address={address}"]
+        argv = prometheus_argv(config, self.dir / "data" / "prometheus", address)
         pid = self.start(state, "prometheus", argv, None, address=address)
         await wait_listening(address, STARTUP_DEADLINE_S, pid)
         state.prometheus = f"http://{address}"

@@ -1,6 +1,8 @@
 """Proof of the Grafana dashboards and alert rules: Debian's Prometheus scrapes two live gateways under
 traffic with `rules.yml` loaded, and every PromQL expression of every panel, template variable and
 rule runs through its HTTP API. Each must parse; each whose metrics exist today must return series.
+Prometheus runs as the demo runs it (`prometheus_argv`), so it scrapes the gateways' protobuf
+exposition: the panels' series, histograms included, come through that format.
 
 `PENDING` lists the metrics of METRICS.md that no process exposes yet, with who will expose them.
 An expression using one of them must parse and return nothing; once the metric lands, this test
@@ -19,7 +21,7 @@ import pytest
 import trio
 
 from federation.dashboard.grafana_build import GRAFANA_DIR
-from federation.dashboard.promconfig import RULES_FILE, render_scrape_config
+from federation.dashboard.promconfig import RULES_FILE, prometheus_argv, render_scrape_config
 from tests.conftest import free_port
 from tests.integration.crossing.support import linked_control_planes
 from tests.integration.dashboard.support import drive_traffic
@@ -103,8 +105,7 @@ async def test_every_panel_and_rule_runs_on_a_real_prometheus(dashboard_pki, tmp
         port = free_port("127.0.0.1")
         base = f"http://127.0.0.1:{port}"
         process = await trio.lowlevel.open_process(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            prometheus_argv(config, tmp_path / "tsdb", f"127.0.0.1:{port}", "--log.level=warn"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
@@ -124,6 +125,11 @@ async def test_every_panel_and_rule_runs_on_a_real_prometheus(dashboard_pki, tmp
                             break
                         await trio.sleep(0.25)
 
+                # What Prometheus asks the gateways for (2.42 with native-histograms), they answer in protobuf.
+                accept = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
+                          "application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+                scrape = await client.get(f"http://{admins[0]}/metrics", headers={"accept": accept})
+                assert scrape.headers["content-type"].startswith("application/vnd.google.protobuf")
                 rules = (await client.get(f"{base}/api/v1/rules")).json()["data"]["groups"]
                 expressions = panel_expressions()
                 for group in rules:

@@ -179,9 +179,9 @@ def test_gzip_is_used_only_when_the_scraper_accepts_it(header, accepted):
 async def admin_get(path: bytes, *, method: bytes = b"GET", accept: bytes | None = None):
     metrics = busy_gateway()
     routes = {
-        b"/metrics": lambda: (200, CONTENT_TYPE, metrics.render()),
-        b"/healthz": lambda: (200, b"text/plain", b"ok\n"),
-        b"/big": lambda: (200, b"text/plain", b"isthmus_up 1.0\n" * 40_000),
+        b"/metrics": lambda headers: (200, CONTENT_TYPE, metrics.render()),
+        b"/healthz": lambda headers: (200, b"text/plain", b"ok\n"),
+        b"/big": lambda headers: (200, b"text/plain", b"isthmus_up 1.0\n" * 40_000),
     }
     client, server = trio.testing.memory_stream_pair()
     client_conn = h11.Connection(h11.CLIENT)
