@@ -132,6 +132,9 @@ class Counts:
     # and a callback told each response head; True means "drop this response, a retry follows".
     try_timeout_s: float | None = None
     on_head: Callable[[int, str], bool] | None = None
+    # True when the attempt loop's own scope already ends the wait for the head at the try's
+    # deadline (a body-less request: sent at once, so "from the end of the body" is "from the start").
+    head_deadline_set: bool = False
 
 
 def error_body(status: int, reason: str) -> bytes:
@@ -368,7 +371,8 @@ class Proxy:
                 deadline = plan.try_deadline(now)
                 counts.try_timeout_s = None if deadline is None else max(0.001, deadline - now)
                 via_gateway = endpoint.cluster != table.cluster
-                scope = trio.CancelScope(deadline=deadline if deadline is not None and replay is None else math.inf)
+                counts.head_deadline_set = deadline is not None and replay is None
+                scope = trio.CancelScope(deadline=deadline if counts.head_deadline_set else math.inf)
                 finished: list[bool] = []
 
                 def on_head(status: int, reason: str, via_gateway: bool = via_gateway,
@@ -472,6 +476,8 @@ class Proxy:
         """The response head; the try's timeout (`request_timeout_s` unless the attempt loop set a
         per-try one) counts from the end of the request body (a streaming request may legitimately
         take longer to send than that)."""
+        if counts.head_deadline_set and counts.request_sent:
+            return await receive()  # one cancel scope per try is enough (see `Counts`)
         timeout_s = self.request_timeout_s if counts.try_timeout_s is None else counts.try_timeout_s
         while True:
             with trio.move_on_after(timeout_s):
