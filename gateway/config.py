@@ -2,7 +2,8 @@
 
 Owns `GatewayConfig` (cluster, locality, listener addresses, TLS material, outbound TCP port
 map, authority aliases, timeouts, catalog file, the control-plane API federation calls go to) and `GatewayConfig.from_mapping()`, which reads a
-cluster config's `[gateway]` table. Errors are `gateway.errors.ConfigInvalid` naming the field.
+cluster config's `[gateway]` table; and `TracingConfig` / `tracing_options()`, the `[tracing]` table
+(span export over OTLP, `gateway.otlp`). Errors are `gateway.errors.ConfigInvalid` naming the field.
 
 Pure: imports neither trio nor `federation` (the command line builds this from its cluster config).
 """
@@ -241,3 +242,105 @@ class GatewayConfig:
             return cls(cluster=cluster, locality=locality, trust_domain=trust_domain, **kwargs)
         except TypeError as exc:
             raise ConfigInvalid(f"gateway: {exc}") from None
+
+
+# -- [tracing]: span export over OTLP/HTTP (`gateway.otlp`) ------------------------------------------
+
+TRACING_KEYS = ("enabled", "otlp_endpoint", "service_name", "sample_ratio", "headers", "export_timeout_s",
+                "flush_interval_s")
+_HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _otlp_endpoint(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        port_ok = parts is not None and (parts.port is None or parts.port > 0)
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigInvalid(f"tracing.otlp_endpoint: {value!r} is not an http:// or https:// URL")
+
+
+def _sample_ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigInvalid(f"tracing.sample_ratio: {value!r} is not a number in [0, 1]")
+    return float(value)
+
+
+def _tracing_seconds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigInvalid(f"tracing.{attribute.name}: {value!r} is not a positive number of seconds")
+
+
+def _tracing_headers(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigInvalid("tracing.headers: must be a table of header = \"value\"")
+    out: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str) or not name or not set(name) <= _HEADER_TOKEN:
+            raise ConfigInvalid(f"tracing.headers: {name!r} is not a valid header name")
+        if not isinstance(text, str) or any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+            raise ConfigInvalid(f"tracing.headers.{name}: {text!r} is not a header value")
+        out[name.lower()] = text
+    return MappingProxyType(out)
+
+
+@attrs.frozen
+class TracingConfig:
+    """The `[tracing]` table: where and how much this gateway exports spans (`gateway.otlp`)::
+
+        [tracing]
+        otlp_endpoint = "http://127.0.0.1:4318"   # OTLP/HTTP; /v1/traces is added to a bare base URL
+        service_name = "isthmus-east-1"           # default: isthmus-<cluster>
+        sample_ratio = 1.0                        # share of the traces this gateway starts
+        headers = { authorization = "Bearer ..." }
+        export_timeout_s = 10.0
+        flush_interval_s = 5.0
+
+    A request that arrives with a `traceparent` keeps its sampled flag (a parent-based decision, as
+    Envoy and the OpenTelemetry SDK make it); `sample_ratio` decides the flag of the traces this
+    gateway starts.
+    """
+
+    otlp_endpoint: str = attrs.field(default="http://127.0.0.1:4318", validator=_otlp_endpoint)
+    service_name: str | None = attrs.field(default=None)
+    sample_ratio: float = attrs.field(default=1.0, converter=_sample_ratio)
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_tracing_headers)
+    export_timeout_s: float = attrs.field(default=10.0, validator=_tracing_seconds)
+    flush_interval_s: float = attrs.field(default=5.0, validator=_tracing_seconds)
+
+    @service_name.validator
+    def _check_service_name(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigInvalid(f"tracing.service_name: {value!r} is not a non-empty string")
+
+    @property
+    def traces_url(self) -> str:
+        """The full OTLP/HTTP traces URL: `/v1/traces` added unless the endpoint already ends with it."""
+        url = self.otlp_endpoint
+        if url.rstrip("/").endswith("/v1/traces"):
+            return url
+        return url.rstrip("/") + "/v1/traces"
+
+    @classmethod
+    def from_mapping(cls, section: Any) -> TracingConfig | None:
+        """The config of a `[tracing]` table, or None when it says `enabled = false`."""
+        if not isinstance(section, Mapping):
+            raise ConfigInvalid("tracing: [tracing] must be a table")
+        unknown = sorted(str(key) for key in set(section) - set(TRACING_KEYS))
+        if unknown:
+            raise ConfigInvalid(f"tracing.{unknown[0]}: unknown setting (known: {', '.join(TRACING_KEYS)})")
+        kwargs = dict(section)
+        enabled = kwargs.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigInvalid(f"tracing.enabled: {enabled!r} is not true or false")
+        config = cls(**kwargs)
+        return config if enabled else None
+
+
+def tracing_options(raw: Mapping[str, Any]) -> TracingConfig | None:
+    """A cluster config's `[tracing]` table, or None when it is absent (span export is off by default)."""
+    section = raw.get("tracing")
+    return None if section is None else TracingConfig.from_mapping(section)

@@ -9,7 +9,7 @@ connection). `gateway.proxy.Proxy.handle` calls, in order:
                                                           # rewrite the path, choose the subset picker
     await state.apply_fault()                            # delay, then abort with the route's status
     state.on_pick(req, endpoint, picker)                 # per attempt: request header edits for that destination
-    state.finish(status, reason, counts)                 # the access-log record, off the hot path
+    state.finish(status, reason, counts)                 # the access-log record (and the span), off the hot path
 
 and answers through `state.responder` (response header edits; the trace id in
 `x-isthmus-trace-id` beside `x-isthmus-reason`). Which rules apply where:
@@ -23,6 +23,9 @@ and answers through `state.responder` (response header edits; the trace id in
 Authorization (`gateway.authz`) runs on the east-west listener when the gateway has an `[authz]`
 policy: default deny for clusters that are not linked peers, then exports, then the rules;
 without one only the export is checked. Denials answer 403 with `x-isthmus-reason: <reason>`.
+
+With a `[tracing]` table the finished record also goes to `gateway.otlp.SpanExport` as one span
+(sampled requests only; a trace the gateway starts is sampled at the table's `sample_ratio`).
 
 Route tables are compiled from each catalog revision in a worker thread with the previous table
 as `previous=`; rules that fail to compile leave the previous table in force (one log line).
@@ -44,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.accesslog import AccessLogWriter
 from gateway.authz import AuthzConfigError, AuthzPolicy, decide
+from gateway.config import tracing_options
 from gateway.errors import ConfigInvalid, Forbidden, GatewayError
 from gateway.headers import PEER_IDENTITY, REASON, REQUEST_ID
 from gateway.lb.policy import ServicePolicy
@@ -51,7 +55,7 @@ from gateway.policy.accesslog import AccessLogConfig, AccessLogRecord
 from gateway.policy.faults import FAULT_REASON, NO_FAULT
 from gateway.policy.rules import RoutesConfig, ServiceRoutes
 from gateway.policy.table import DEFAULT_DECISION, RequestView, RouteDecision, RouteTable, apply_header_edits
-from gateway.policy.trace import child_of, continue_or_start, format_traceparent
+from gateway.policy.trace import SAMPLED, TraceContext, child_of, continue_or_start, format_traceparent
 from registry.errors import ValidationError
 from registry.model import Catalog, Endpoint, Policy, RouteRules, Service
 
@@ -93,6 +97,7 @@ def traffic_options(raw: Mapping[str, Any], data_dir: Path) -> tuple[AuthzPolicy
         authz = AuthzPolicy.from_mapping(raw.get("authz"))
     except AuthzConfigError as exc:
         raise ConfigInvalid(str(exc)) from None
+    _check_tracing(raw)
     section = raw.get("access_log")
     if section is None:
         return authz, None
@@ -107,6 +112,15 @@ def traffic_options(raw: Mapping[str, Any], data_dir: Path) -> tuple[AuthzPolicy
         section["path"] = str(Path(data_dir) / path)
     config = AccessLogConfig.from_mapping(section)
     return authz, config if enabled else None
+
+
+def _check_tracing(raw: Mapping[str, Any]) -> None:
+    # [tracing] (span export, `gateway.otlp`): a bad table or a missing `otlp` extra is refused with
+    # the other traffic options, before any gateway starts; `gateway.config.tracing_options` reads it.
+    if tracing_options(raw) is not None:
+        from gateway.otlp import require_sdk
+
+        require_sdk()
 
 
 def validate_policy(service: str, spec: Any) -> Policy:
@@ -179,6 +193,7 @@ class RequestPolicy:
         registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
         picker_factory: Any = None,
+        spans: Any = None,
     ) -> None:
         self.cluster = cluster
         self.trust_domain = trust_domain
@@ -193,6 +208,7 @@ class RequestPolicy:
         self.base_policies = dict(getattr(picker_factory, "policies", None) or {})
         self._subset_factories: dict[tuple[tuple[str, str], ...], Any] = {}
         self.access_log = AccessLogWriter(access_log, registry=registry) if access_log is not None else None
+        self.spans = spans  # gateway.otlp.SpanExport when `[tracing]` is on
         self.denials = Counter(
             "isthmus_authz_denials", "Requests refused by the east-west gateway's authorization",
             ("reason", "source_cluster"), registry=registry,
@@ -331,7 +347,8 @@ class RequestState:
     """One request's policy state (see the module docstring for the order of calls)."""
 
     __slots__ = ("policy", "eastwest", "decision", "trace_id", "base_headers", "endpoint", "attempts",
-                 "started", "first_try", "record", "subset", "responder", "peer_identity", "picker", "_edit")
+                 "started", "first_try", "record", "subset", "responder", "peer_identity", "picker", "_edit",
+                 "span")
 
     def __init__(self, policy: RequestPolicy, req: Any, responder: Any, eastwest: bool) -> None:
         self.policy = policy
@@ -360,7 +377,12 @@ class RequestState:
             elif name == PEER_IDENTITY:
                 peer = value
             kept.append((name, value))
-        context, _ = continue_or_start(traceparent, tracestate, policy.rng)
+        context, started = continue_or_start(traceparent, tracestate, policy.rng)
+        # Span export (`gateway.otlp`): a trace this gateway starts is sampled at `sample_ratio`;
+        # this hop's span id is the parent id sent onward, its parent the one the request brought.
+        spans = policy.spans
+        if spans is not None and started and spans.sample_new(context.trace_id):
+            context = TraceContext(context.trace_id, context.parent_id, SAMPLED, context.tracestate)
         child = child_of(context, policy.rng)
         kept.append((TRACEPARENT, format_traceparent(child).encode()))
         if child.tracestate:
@@ -372,8 +394,11 @@ class RequestState:
         self.subset = _parse_labels(subset) if subset else ()
         self.peer_identity = peer.decode("latin-1") if peer is not None else None
         self.responder = PolicyResponder(responder, self)
+        self.span = None
+        if spans is not None and context.sampled:
+            self.span = (child.parent_id, None if started else context.parent_id)
         self.record: AccessLogRecord | None = None
-        if policy.access_log is not None:
+        if policy.access_log is not None or self.span is not None:
             self.record = AccessLogRecord(
                 time=time.time(),
                 gateway=policy.cluster,
@@ -500,5 +525,8 @@ class RequestState:
         record.duration_ms = (now - self.started) * 1000.0
         if self.first_try is not None:
             record.upstream_duration_ms = (now - self.first_try) * 1000.0
-        self.policy.access_log.submit(record)  # type: ignore[union-attr]
+        if self.policy.access_log is not None:
+            self.policy.access_log.submit(record)
+        if self.span is not None:
+            self.policy.spans.submit(record, *self.span)
 

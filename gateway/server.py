@@ -34,7 +34,7 @@ from certs.tls import classify_handshake_error, peer_identity
 from gateway.admin import AdminRoute, Headers, json_body, serve_admin_connection
 from gateway.authz import AuthzPolicy
 from gateway.catalog_source import CatalogSource
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, TracingConfig
 from gateway.downstream import ListenerContext, serve_h1, serve_h2
 from gateway.errors import GatewayError
 from gateway.failover import serve_failover
@@ -94,7 +94,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, *, picker_factory: PickerFactory | None = None,
                  rng: random.Random | None = None, authz: AuthzPolicy | None = None,
-                 access_log: AccessLogConfig | None = None) -> None:
+                 access_log: AccessLogConfig | None = None, tracing: TracingConfig | None = None) -> None:
         self.config = config
         self.contexts = config.contexts or _Contexts(config.identity, config.bundle)
         self.metrics = GatewayMetrics()
@@ -102,10 +102,16 @@ class Gateway:
         # kept across catalog reloads; `gateway.picker.RoundRobinPicker` fits the same seam.
         self.picker_factory = picker_factory if picker_factory is not None else BalancerSet()
         self.rng = rng or random.Random()
+        # Span export over OTLP (`gateway.otlp`, the optional extra), only with a `[tracing]` table.
+        self.spans = None
+        if tracing is not None:
+            from gateway.otlp import SpanExport
+
+            self.spans = SpanExport(tracing, cluster=config.cluster)
         # Route rules, authorization, faults, trace context and access logs (`gateway.request_policy`).
         self.traffic = RequestPolicy(cluster=config.cluster, trust_domain=config.trust_domain, authz=authz,
                                      access_log=access_log, registry=self.metrics.registry,
-                                     picker_factory=self.picker_factory)
+                                     picker_factory=self.picker_factory, spans=self.spans)
         self._table: RoutingTable | None = None
         self.stale_reason: str | None = None  # why the catalog source stopped, if it did
         self.ready = False
@@ -205,6 +211,8 @@ class Gateway:
             self.failover = await nursery.start(serve_failover, self, source)
             if self.traffic.access_log is not None:
                 await nursery.start(self.traffic.access_log.serve)
+            if self.spans is not None:
+                await nursery.start(self.spans.serve)  # flushes the last spans on exit
             nursery.start_soon(self._follow, catalogs)
             for name, listener, handler in listeners:
                 nursery.start_soon(self._accept_loop, name, listener, handler)
@@ -490,13 +498,15 @@ async def serve_gateway(
     picker_factory: PickerFactory | None = None,
     authz: AuthzPolicy | None = None,
     access_log: AccessLogConfig | None = None,
+    tracing: TracingConfig | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one gateway until cancelled or drained; `task_status.started(gateway)` once every listener
     is bound and the first catalog is in force. With `handle_signals`, SIGTERM (and SIGINT) drain.
     `authz` (a cluster's `[authz]`) turns on authorization at the east-west listener (default deny
-    for unlinked clusters); `access_log` turns on access logs (`gateway.request_policy.traffic_options`)."""
-    gateway = Gateway(config, picker_factory=picker_factory, authz=authz, access_log=access_log)
+    for unlinked clusters); `access_log` turns on access logs (`gateway.request_policy.traffic_options`);
+    `tracing` turns on span export over OTLP (`gateway.config.tracing_options`, `gateway.otlp`)."""
+    gateway = Gateway(config, picker_factory=picker_factory, authz=authz, access_log=access_log, tracing=tracing)
 
     async def stop_when_stopped() -> None:
         # Also ends a gateway still waiting for its first catalog.

@@ -122,8 +122,9 @@ async def serve_cluster_gateway(
     task_status=trio.TASK_STATUS_IGNORED,
     **overrides,
 ) -> None:
-    """Run `cluster_config`'s gateway in this trio run, with its `[policies]`, `[authz]` and
-    `[access_log]`; `task_status.started(gateway)` once it serves."""
+    """Run `cluster_config`'s gateway in this trio run, with its `[policies]`, `[authz]`,
+    `[access_log]` and `[tracing]`; `task_status.started(gateway)` once it serves."""
+    from gateway.config import tracing_options
     from gateway.lb.balancer import BalancerSet
     from gateway.lb.policy import ServicePolicy
     from gateway.request_policy import traffic_options
@@ -133,11 +134,12 @@ async def serve_cluster_gateway(
     source = catalog_source(cluster_config, config, cache_name=cache_name)
     balancers = BalancerSet(ServicePolicy.from_policies(cluster_config.raw.get("policies")))
     authz, access_log = traffic_options(cluster_config.raw, cluster_config.data_dir)
+    tracing = tracing_options(cluster_config.raw)
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(reload_identity_on_sighup, config.contexts, cluster_config)
         await serve_gateway(config, source, handle_signals=handle_signals, picker_factory=balancers, authz=authz,
-                            access_log=access_log, task_status=task_status)
+                            access_log=access_log, tracing=tracing, task_status=task_status)
         nursery.cancel_scope.cancel()
 
 

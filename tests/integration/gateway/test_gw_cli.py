@@ -234,3 +234,34 @@ async def test_sighup_presents_a_reissued_certificate_and_open_connections_keep_
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             await process.wait()
+
+
+async def test_a_tracing_table_makes_the_gateway_export_a_span_per_request(tmp_path, cli_pki, nursery):
+    pytest.importorskip("opentelemetry.sdk", reason="the otlp extra is not installed (pip install 'isthmus[otlp]')")
+    from tests.integration.policy.test_otlp_export_live import OtlpReceiver, attributes
+
+    upstream = await serve_hypercorn(nursery, "127.0.0.1")
+    with OtlpReceiver() as receiver:
+        extra = f'[tracing]\notlp_endpoint = "{receiver.endpoint}"\nflush_interval_s = 0.1\n'
+        config = write_config(tmp_path, cli_pki.dir, extra=extra)
+        write_catalog(tmp_path / "catalog.json", upstream)
+        gw = addresses(config)
+        process = await start(config)
+        try:
+            await wait_ready(gw["admin"], process)
+            traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"http://{gw['outbound']}/headers",
+                                            headers={"host": "echo.demo", "traceparent": traceparent})
+            assert response.status_code == 200
+            with trio.fail_after(10):
+                while not receiver.trace("0af7651916cd43dd8448eb211c80319c"):
+                    await trio.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await process.wait()
+    (service, span), = receiver.trace("0af7651916cd43dd8448eb211c80319c").items()
+    assert service == "isthmus-east-1"
+    assert span.parent_span_id.hex() == "b7ad6b7169203331"
+    assert attributes(span.attributes)["http.response.status_code"] == 200
