@@ -11,6 +11,17 @@ Operator calls (the CLI and the dashboard; refused when they arrive across a clu
     DELETE /v1/peers/NAME                   unlink a peer
     POST   /v1/peering/token                {"peer": NAME, "ttl_s": S} -> {"token": ..., "expires_at": ...}
     POST   /v1/peering/register             {"token": TOKEN} -> the new peer
+    GET    /v1/services/NAME.NS/policy      the failover policy the registry holds for the service
+    PUT    /v1/services/NAME.NS/policy      body: the `[policies."svc"]` table as JSON -> what was stored
+    DELETE /v1/services/NAME.NS/policy      remove it (the config's `[policies]` default applies again)
+    GET    /v1/services/NAME.NS/routes      {"rules": [...], "stored": ..., "revision": R}
+    PUT    /v1/services/NAME.NS/routes      body {"rules": [...]} (`[[routes."svc"]]` tables) -> what was stored
+    DELETE /v1/services/NAME.NS/routes      remove them (the config's `[routes]` default applies again)
+
+Policy and route-rule writes are validated before anything is written (`federation.traffic`): a
+refusal is 400 naming the rule, and the registry and the gateways' tables are untouched; a service
+the cluster neither registers nor imports is 404; a registry that cannot be reached is 503. Every
+answer carries what the registry holds for the service and the registry revision.
 
 Federation calls (from a peer, forwarded by this cluster's east-west gateway with the verified
 identity and the forward secret; see `federation.control` and `gateway.federation_route`):
@@ -18,9 +29,10 @@ identity and the forward secret; see `federation.control` and `gateway.federatio
     GET    /v1/federation/export?peer=NAME           what this cluster exports to NAME (snapshot)
     GET    /v1/federation/watch?peer=NAME&from=R     its import stream (snapshot or deltas, heartbeats)
     GET    /v1/federation/probe                      this cluster's name and wall-clock time
+    GET    /v1/federation/summary?peer=NAME          this cluster's dashboard summary for NAME (numbers, few KB)
     POST   /v1/federation/redeem                     spend a peering token's secret (no identity needed)
 
-`export` and `watch` need a verified identity of the cluster named by `peer`, and that cluster
+`export`, `watch` and `summary` need a verified identity of the cluster named by `peer`, and that cluster
 must be linked. The redeem is also accepted on the bootstrap listener (`control.federation`), which
 refuses every other federation call. Errors are JSON `{"error": "<one line>"}` with a 4xx/5xx status.
 """
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -37,9 +50,11 @@ from urllib.parse import parse_qs
 import attrs
 import trio
 
+from federation import traffic
 from federation.errors import FederationError
 from federation.imports import view_to_json
 from federation.peering import PeeringError, TokenRejected, parse_ttl
+from gateway.errors import ConfigInvalid
 from registry.errors import RegistryError, RegistryUnavailable, ValidationError
 
 log = logging.getLogger("isthmus.federation.api")
@@ -59,6 +74,7 @@ class Request:
     body: bytes
     via: str  # federation.control.VIA_LOCAL, VIA_CROSSING or VIA_GATEWAY
     identity: str | None
+    params: dict[str, str] = attrs.field(factory=dict)  # the `{name}` segments of a route's path
 
     @property
     def crossed(self) -> bool:
@@ -94,14 +110,36 @@ class Raw:
 
 Handler = Callable[[Any, Request], Awaitable[Any]]
 ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {}
+# Paths with `{name}` segments (one path segment each), tried in order after the exact paths.
+PATTERNS: list[tuple[str, re.Pattern[str], str, Handler]] = []
 
 
 def route(method: str, path: str, *, kind: str = "operator") -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        ROUTES[(method, path)] = (kind, fn)
+        if "{" in path:
+            pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
+            PATTERNS.append((method, re.compile(pattern + "$"), kind, fn))
+        else:
+            ROUTES[(method, path)] = (kind, fn)
         return fn
 
     return register
+
+
+def _lookup(req: Request) -> tuple[tuple[str, Handler] | None, Request, bool]:
+    """(kind and handler or None, the request with its path parameters, whether the path exists)."""
+    entry = ROUTES.get((req.method, req.path))
+    if entry is not None:
+        return entry, req, True
+    exists = any(path == req.path for _, path in ROUTES)
+    for method, pattern, kind, fn in PATTERNS:
+        match = pattern.match(req.path)
+        if match is None:
+            continue
+        exists = True
+        if method == req.method:
+            return (kind, fn), attrs.evolve(req, params=match.groupdict()), True
+    return None, req, exists
 
 
 @route("GET", "/v1/status")
@@ -168,6 +206,29 @@ async def post_register(plane: Any, req: Request) -> Any:
     return await plane.register_with_token(token)
 
 
+@route("GET", "/v1/services/{service}/policy")
+@route("PUT", "/v1/services/{service}/policy")
+@route("DELETE", "/v1/services/{service}/policy")
+async def service_policy(plane: Any, req: Request) -> Any:
+    return await _service_setting(traffic.POLICY, plane, req)
+
+
+@route("GET", "/v1/services/{service}/routes")
+@route("PUT", "/v1/services/{service}/routes")
+@route("DELETE", "/v1/services/{service}/routes")
+async def service_routes(plane: Any, req: Request) -> Any:
+    return await _service_setting(traffic.ROUTES, plane, req)
+
+
+async def _service_setting(setting: traffic.Setting, plane: Any, req: Request) -> Any:
+    body = req.json() if req.method == "PUT" else None
+    try:
+        return await traffic.handle(setting, plane.store, plane.name, req.params["service"], req.method, body,
+                                    plane.catalogs.current)  # fmt: skip
+    except ConfigInvalid as exc:
+        raise HttpError(400, str(exc)) from None
+
+
 @route("GET", "/v1/federation/export", kind="federation")
 async def get_export(plane: Any, req: Request) -> Any:
     peer = _linked(plane, req)
@@ -183,6 +244,12 @@ async def get_watch(plane: Any, req: Request) -> Any:
 @route("GET", "/v1/federation/probe", kind="federation")
 async def get_probe(plane: Any, req: Request) -> Any:
     return {"cluster": plane.name, "time": time.time(), "identity": req.identity}
+
+
+@route("GET", "/v1/federation/summary", kind="federation")
+async def get_summary(plane: Any, req: Request) -> Any:
+    peer = _linked(plane, req)
+    return plane.dashboard_summary(peer)
 
 
 @route("POST", "/v1/federation/redeem", kind="redeem")
@@ -212,9 +279,9 @@ async def _dispatch(plane: Any, req: Request) -> Any:
         if req.method == "GET" and name.endswith("/check"):
             return {"checks": await plane.check_peer(name[: -len("/check")])}
         raise HttpError(404, f"no route for {req.method} {req.path}")
-    entry = ROUTES.get((req.method, req.path))
+    entry, req, exists = _lookup(req)
     if entry is None:
-        if any(path == req.path for _, path in ROUTES):
+        if exists:
             raise HttpError(405, f"{req.method} is not allowed on {req.path}")
         raise HttpError(404, f"no route for {req.method} {req.path}")
     kind, handler = entry
@@ -235,6 +302,8 @@ def _status_of(exc: BaseException) -> int:
         return 409 if exc.reason in ("replayed", "unknown-secret") else 400
     if isinstance(exc, RegistryUnavailable):
         return 503
+    if isinstance(exc, traffic.UnknownService):
+        return 404
     if isinstance(exc, PermissionError):
         return 403
     return 400
@@ -324,6 +393,7 @@ async def serve_api(plane: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
     from federation.dashboard.app import mount_dashboard, targets_from_config
 
     app = mount_dashboard(
-        make_app(plane), lambda: targets_from_config(plane.config, control_render=plane.metrics.render)
+        make_app(plane), lambda: targets_from_config(plane.config, control_render=plane.metrics.render),
+        model=plane.mesh,
     )
     await serve(app, config, shutdown_trigger=trio.sleep_forever, task_status=task_status)

@@ -7,13 +7,17 @@
   `ExportHub` (what peers may import) and merged with the trusted imports into the
   `CatalogHub` (what this cluster's gateways stream from `GET /v1/catalog/watch`), with the
   cluster config's `[policies."svc"]` and `[[routes."svc"]]` as defaults under the policies and
-  route rules written to the registry (`isthmus service policy|routes`), which win per service;
+  route rules written to the registry (the API's `/v1/services/NAME.NS/policy|routes`, and so
+  `isthmus service policy|routes` and Terraform's `isthmus_route_rules`), which win per service;
 - one `PeerImport` per peer in the registry (`/isthmus/<cluster>/peers/<name>`), started and
   stopped as peers are registered and removed; trusted imports are persisted under
   `<data_dir>/imports/<peer>.json` and served, stale, after a restart until the peer confirms them;
 - the local HTTP API (hypercorn, trio worker) on `control.api`, loopback only (`federation.api`);
 - one probe per peer (every `probe_interval_s`, 1 s by default): up, round trip, clock skew and the
-  identity the peer presented (`isthmus_peer_probe_*`, `isthmus cluster list/check`).
+  identity the peer presented (`isthmus_peer_probe_*`, `isthmus cluster list/check`);
+- one summary fetch per peer (every `summary_interval_s`, 2 s by default): the peer's dashboard
+  summary (`GET /v1/federation/summary`), checked and handed to the dashboard's model `mesh`
+  (`federation.dashboard.summary`); a peer that does not answer or lies is shown as such.
 
 One crossing per cluster. Which federation call takes which path, and why:
 
@@ -22,6 +26,7 @@ One crossing per cluster. Which federation call takes which path, and why:
 | `GET /v1/federation/watch` (the import)      | the peer's east-west gateway (`Peer.gateway`)     |
 | `GET /v1/federation/probe`                   | the peer's east-west gateway                      |
 | `GET /v1/federation/export` (a snapshot)     | the peer's east-west gateway                      |
+| `GET /v1/federation/summary` (the dashboard) | the peer's east-west gateway                      |
 | `POST /v1/federation/redeem` (peering)       | the issuer's bootstrap listener (`token.control`) |
 
 Through the gateway: mutual TLS with this cluster's identity (`<pki>/clusters/<c>/identities/control`,
@@ -72,6 +77,8 @@ from certs.store import Identity, TrustBundle, load_bundle, load_identity
 from federation import peering
 from federation.catalog_stream import CatalogHub, ExportHub
 from federation.config import ClusterConfig
+from federation.dashboard.model import MeshModel
+from federation.dashboard.summary import MAX_SUMMARY_BYTES
 from federation.errors import ConfigError, FederationError
 from federation.imports import ExportView, PeerContext, merge
 from federation.metrics import PlaneMetrics, peer_readings
@@ -214,6 +221,7 @@ class ControlPlane:
         heartbeat_s: float = 5.0,
         idle_timeout_s: float = 15.0,
         probe_interval_s: float = 1.0,
+        summary_interval_s: float = 2.0,
     ) -> None:
         self.config = config
         self.name = config.cluster.name
@@ -225,6 +233,8 @@ class ControlPlane:
         self.heartbeat_s = heartbeat_s
         self.idle_timeout_s = idle_timeout_s
         self.probe_interval_s = probe_interval_s
+        self.summary_interval_s = summary_interval_s
+        self.mesh = MeshModel()  # the dashboard's model (`federation.dashboard`), peers' summaries included
         self.federation_address = federation_address(config)
         self.forward_secret = forward_secret(config.data_dir)
         self.local: Catalog = Catalog(self.name, 0)
@@ -318,6 +328,7 @@ class ControlPlane:
                 self.imports.pop(name, None)
                 self._published_views.pop(name, None)
                 self.probes.pop(name, None)
+                self.mesh.forget_peers(wanted)
                 with contextlib.suppress(FileNotFoundError):
                     self._import_file(name).unlink()
         for name, peer in wanted.items():
@@ -353,6 +364,7 @@ class ControlPlane:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(imp.serve)
                     nursery.start_soon(self._serve_probe, peer)
+                    nursery.start_soon(self._serve_peer_summary, peer)
 
         self._nursery.start_soon(run)
 
@@ -464,6 +476,50 @@ class ControlPlane:
                 return Probe(rtt, remote - (before + after) / 2, identity, not_after, None, after)
         except (httpx.HTTPError, StreamBroken, ValueError) as exc:
             return Probe(error=f"{url}: {_describe(exc)}", at=time.time())
+
+    # -- dashboard summaries (issue 8): this cluster's for a linked peer, and each peer's for our dashboard --
+
+    def dashboard_summary(self, peer: str) -> dict[str, Any]:
+        """What `peer`'s dashboard may show of this cluster: only the services exported to it."""
+        cluster = self.config.cluster
+        return self.mesh.summary(time.time(), cluster=self.name, region=cluster.region, zones=cluster.zones,
+                                 services=self.exports.view(peer).services)  # fmt: skip
+
+    async def _serve_peer_summary(self, peer: Peer) -> None:
+        await trio.sleep(self.rng.random() * 0.5)
+        while True:  # one kept-alive connection through the peer's gateway, renewed after a failure
+            async with httpx.AsyncClient(verify=self.client_context(), timeout=5.0, trust_env=False) as client:
+                while True:
+                    answered = await self.fetch_peer_summary(peer, client)
+                    await trio.sleep(self.summary_interval_s)
+                    if not answered:
+                        break
+
+    async def fetch_peer_summary(self, peer: Peer, client: httpx.AsyncClient) -> bool:
+        """Fetch `peer`'s summary through its gateway into `mesh`; whether it answered. Never raises for
+        what the peer does: no answer, an error status, too many bytes or a lie are recorded and logged once."""
+        url, options = self._via_gateway(peer, "/v1/federation/summary")
+        body, error = b"", ""
+        try:
+            with trio.fail_after(5.0):
+                async with client.stream("GET", url, params={"peer": self.name}, **options) as response:
+                    identity, _ = _identity_of(_ssl_of(response))
+                    self._check_gateway_identity(peer, identity)
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_SUMMARY_BYTES:
+                            break  # decode_summary refuses it, naming the size
+                    if response.status_code != 200:
+                        error = f"HTTP {response.status_code}: {_error_text_of(body)}"
+        except (httpx.HTTPError, OSError, StreamBroken, trio.TooSlowError) as exc:
+            error = f"{url}: {_describe(exc) if not isinstance(exc, trio.TooSlowError) else 'no answer within 5 s'}"
+        if error:
+            line = self.mesh.set_peer_failure(peer.name, error, time.time())
+        else:
+            line = self.mesh.set_peer_summary(peer.name, body, time.time())
+        if line:  # the peer's state changed: a silence or a lie is worth a warning, an answer again a note
+            log.log(logging.INFO if self.mesh.peers[peer.name].state == "ok" else logging.WARNING, "dashboard: %s", line)
+        return not error
 
     async def register_with_token(self, text: str) -> dict[str, Any]:
         """Redeem a peering token issued by another cluster (this cluster is the one it is for)."""
@@ -804,6 +860,17 @@ def _error_text(response: httpx.Response) -> str:
         return str(response.json().get("error", response.text))
     except ValueError:
         return response.text[:200]
+
+
+def _error_text_of(body: bytes) -> str:
+    """The one-line reason in an error answer (`{"error": ...}` or text), short."""
+    try:
+        data = json.loads(body)
+        text = str(data.get("error", "")) if isinstance(data, dict) else ""
+    except (ValueError, RecursionError):
+        text = ""
+    text = text or body.decode("utf-8", "replace")
+    return " ".join(text.split())[:160]
 
 
 def _round(value: float | None) -> float | None:

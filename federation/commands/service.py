@@ -12,9 +12,13 @@ writes the service's failover policy (`[policies."svc"]` shape, validated as the
 it; options not given keep their stored values) and `routes NAME.NS --file rules.toml` its route
 rules (validated at write time against the catalog: bad regular expressions, weights that do not
 add up to 100, unknown subsets, invalid header names, unknown services are refused with the rule
-named and the stored rules untouched); `--remove` deletes either. Both write the registry of the
-cluster; its control plane streams them to the gateways with the catalog. The cluster config's
-`[policies]` and `[routes]` are defaults that values written here override.
+named and the stored rules untouched); `--show` prints what is stored, `--remove` deletes it.
+With `--config` and no explicit `--registry` both go through the cluster's control plane
+(`/v1/services/NAME.NS/policy|routes`, `federation.api`); with `--registry URL` they write the
+registry directly, for bootstrapping without a running control plane. Either way the checks and
+the write are `federation.traffic`'s; the control plane streams the result to the gateways with
+the catalog. The cluster config's `[policies]` and `[routes]` are defaults that values written
+here override.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import signal
 import sys
 from typing import Any
 
-import attrs
 import trio
 
 from federation.commands._common import (
@@ -280,62 +283,116 @@ async def _served_catalog(config: Any | None) -> Any | None:
         return None
 
 
-async def _policy(args: argparse.Namespace, config: Any | None, url: str) -> int:
-    from gateway.request_policy import validate_policy
+def _service_setting(args: argparse.Namespace, config: Any | None, setting: Any, method: str,
+                     body: Any = None) -> dict[str, Any]:  # fmt: skip
+    """One GET, PUT or DELETE of the service's policy or route rules (`federation.traffic`): through the
+    cluster's control plane when `--config` is given without `--registry`, else straight to the registry."""
+    from federation import traffic
+    from federation.commands._client import call
 
     parse_service_key(args.service)
-    cluster_name = _cluster_name(args, config)
-    async with open_store(url) as store:
-        if args.remove:
-            revision = await store.remove_policy(cluster_name, args.service)
-            print(f"{args.service}: policy removed from {cluster_name} (revision {revision})")
-            return 0
-        catalog = await store.load_catalog(cluster_name)
-        current = catalog.policies.get(args.service)
-        spec: dict[str, Any] = {k: v for k, v in (current.spec if current else {}).items()}
-        if args.failover is not None:
-            regions = [r.strip() for r in args.failover.split(",") if r.strip()]
-            if not regions:
-                raise ValidationError("--failover: name at least one region (e.g. us-east,eu-west), or use --remove")
-            spec["failover"] = regions
-        for attribute, section, field, _, _ in _POLICY_OPTIONS:
-            value = getattr(args, attribute)
-            if value is not None:
-                table = dict(spec.get(section) or {})
-                table[field] = value
-                spec[section] = table
-        if not spec:
-            raise ValidationError("service policy: give --failover or another policy option (or --remove)")
-        policy = validate_policy(args.service, spec)
-        revision = await store.set_policy(cluster_name, policy)
-    failover = ", ".join(spec.get("failover", [])) or "by measured RTT"
-    print(f"{args.service}: policy set in {cluster_name}, failover {failover} (revision {revision})")
-    return 0
+    if config is not None and not args.registry:
+        if args.cluster and args.cluster != config.cluster.name:
+            raise ValidationError(
+                f"--cluster: {args.cluster} is not the cluster of {config.path} ({config.cluster.name}); "
+                f"write another cluster's with --registry URL --cluster {args.cluster}"
+            )
+        return call(config, method, f"/v1/services/{args.service}/{setting.name}", json=body)
+
+    async def direct(url: str, cluster: str) -> dict[str, Any]:
+        served = await _served_catalog(config) if method != "DELETE" else None
+        async with open_store(url) as store:
+            return await traffic.handle(setting, store, cluster, args.service, method, body, served)
+
+    return run_async(direct, registry_url(args, config), _cluster_name(args, config))
+
+
+def _flatten(prefix: str, value: Any) -> list[list[str]]:
+    if isinstance(value, dict) and value:
+        return [row for key, item in value.items() for row in _flatten(f"{prefix}.{key}" if prefix else key, item)]
+    if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
+        return [[prefix, ", ".join(map(str, value))]]
+    return [[prefix, value if isinstance(value, str) else _compact(value)]]
+
+
+def _compact(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(", ", ": "), sort_keys=True)
+
+
+def _removed(answer: dict[str, Any], what: str) -> str:
+    where = f"{answer['service']}: {what}"
+    if answer.get("removed"):
+        return f"{where} removed from {answer['cluster']} (revision {answer['revision']})"
+    return f"{where}: none stored in {answer['cluster']}, nothing removed (revision {answer['revision']})"
 
 
 def run_policy(args: argparse.Namespace) -> int:
+    from federation import traffic
+
     config = load_config(args)
-    return run_async(_policy, args, config, registry_url(args, config))
+    changes: dict[str, Any] = {}
+    if args.failover is not None:
+        regions = [r.strip() for r in args.failover.split(",") if r.strip()]
+        if not regions:
+            raise ValidationError("--failover: name at least one region (e.g. us-east,eu-west), or use --remove")
+        changes["failover"] = regions
+    for attribute, section, field, _, _ in _POLICY_OPTIONS:
+        value = getattr(args, attribute)
+        if value is not None:
+            changes.setdefault(section, {})[field] = value
+    if changes and (args.show or args.remove):
+        raise ValidationError(f"--{'show' if args.show else 'remove'}: not with policy options")
+    if args.show or args.remove:
+        answer = _service_setting(args, config, traffic.POLICY, "GET" if args.show else "DELETE")
+    else:
+        if not changes:
+            raise ValidationError("service policy: give --failover or another policy option (or --show, --remove)")
+        # Options not given keep their stored values.
+        spec = dict(_service_setting(args, config, traffic.POLICY, "GET")["policy"] or {})
+        for key, value in changes.items():
+            spec[key] = {**(spec.get(key) or {}), **value} if isinstance(value, dict) else value
+        answer = _service_setting(args, config, traffic.POLICY, "PUT", spec)
+    if args.json:
+        print_json(answer)
+    elif args.show:
+        title = f"policy of {answer['service']} in {answer['cluster']} (revision {answer['revision']})"
+        if answer["stored"]:
+            print_table(title, ["field", "value"], _flatten("", answer["policy"]))
+        else:
+            print(f"{answer['service']}: no policy stored in {answer['cluster']} (the config's defaults apply)")
+    elif args.remove:
+        print(_removed(answer, "policy"))
+    else:
+        failover = ", ".join(answer["policy"].get("failover", [])) or "by measured RTT"
+        print(f"{answer['service']}: policy set in {answer['cluster']}, failover {failover} (revision {answer['revision']})")
+    return 0
 
 
 def read_rules_file(path: str, service: str) -> list[Any]:
-    """Route rules from a TOML file: `[[rules]]` tables, or the cluster config's `[[routes."svc"]]`."""
+    """Route rules from a TOML file (`[[rules]]` tables, or the cluster config's `[[routes."svc"]]`) or a
+    JSON file (`*.json`: a list of rules, `{"rules": [...]}` or `{"routes": {"svc": [...]}}`)."""
+    import json
     import tomllib
 
+    kind = "JSON" if path.endswith(".json") else "TOML"
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            raw: Any = json.load(f) if kind == "JSON" else tomllib.load(f)
     except FileNotFoundError:
         raise ValidationError(f"--file: {path}: no such file") from None
     except OSError as exc:
         raise ValidationError(f"--file: {path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(f"--file: {path}: not valid TOML: {exc}") from None
-    if "routes" in raw and isinstance(raw["routes"], dict):
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ValidationError(f"--file: {path}: not valid {kind}: {exc}") from None
+    if isinstance(raw, list):
+        rules = raw
+    elif isinstance(raw, dict) and isinstance(raw.get("routes"), dict):
         if service not in raw["routes"]:
             raise ValidationError(f'--file: {path}: no [[routes."{service}"]] tables')
         rules = raw["routes"][service]
-    elif "rules" in raw:
+    elif isinstance(raw, dict) and "rules" in raw:
         rules = raw["rules"]
     else:
         raise ValidationError(f"--file: {path}: no [[rules]] tables")
@@ -344,38 +401,42 @@ def read_rules_file(path: str, service: str) -> list[Any]:
     return rules
 
 
-async def _routes(args: argparse.Namespace, config: Any | None, url: str) -> int:
-    from gateway.errors import ConfigInvalid
-    from gateway.request_policy import validate_routes
-
-    parse_service_key(args.service)
-    cluster_name = _cluster_name(args, config)
-    rules = None if args.remove else read_rules_file(args.file, args.service)
-    async with open_store(url) as store:
-        if rules is None:
-            revision = await store.remove_routes(cluster_name, args.service)
-            print(f"{args.service}: route rules removed from {cluster_name} (revision {revision})")
-            return 0
-        catalog = await store.load_catalog(cluster_name)
-        served = await _served_catalog(config)
-        if served is not None and served.cluster == cluster_name:
-            # Imported services and endpoints count: a rule may route to a peer's subset.
-            catalog = attrs.evolve(catalog, services={**served.services, **catalog.services},
-                                   endpoints={**served.endpoints, **catalog.endpoints})
-        try:
-            stored = validate_routes(args.service, rules, catalog)
-        except ConfigInvalid as exc:
-            raise ConfigInvalid(f"{args.file}: {exc}") from None
-        revision = await store.set_routes(cluster_name, stored)
-    print(f"{args.service}: {len(stored.rules)} route rule(s) set in {cluster_name} (revision {revision})")
-    return 0
+def _rule_rows(rules: list[Any]) -> list[list[Any]]:
+    rows = []
+    for index, rule in enumerate(rules):
+        rule = rule if isinstance(rule, dict) else {}
+        action = {k: v for k, v in rule.items() if k not in ("name", "match")}
+        rows.append([index + 1, rule.get("name", "-"), _compact(rule["match"]) if "match" in rule else "(every request)",
+                     _compact(action) if action else "-"])  # fmt: skip
+    return rows
 
 
 def run_routes(args: argparse.Namespace) -> int:
+    from federation import traffic
+
     config = load_config(args)
-    if not args.remove and not args.file:
-        raise ValidationError("--file: give the rules file (or --remove)")
-    return run_async(_routes, args, config, registry_url(args, config))
+    if args.show:
+        answer = _service_setting(args, config, traffic.ROUTES, "GET")
+    elif args.remove:
+        answer = _service_setting(args, config, traffic.ROUTES, "DELETE")
+    elif args.file:
+        rules = read_rules_file(args.file, args.service)
+        answer = _service_setting(args, config, traffic.ROUTES, "PUT", {"rules": rules})
+    else:
+        raise ValidationError("--file: give the rules file (or --show, --remove)")
+    if args.json:
+        print_json(answer)
+    elif args.show and not answer["stored"]:
+        print(f"{answer['service']}: no route rules stored in {answer['cluster']} (the config's defaults apply)")
+    elif args.show:
+        title = f"route rules of {answer['service']} in {answer['cluster']}, in order (revision {answer['revision']})"
+        print_table(title, ["#", "rule", "match", "action"], _rule_rows(answer["rules"]))
+    elif args.remove:
+        print(_removed(answer, "route rules"))
+    else:
+        print(f"{answer['service']}: {len(answer['rules'])} route rule(s) set in {answer['cluster']} "
+              f"(revision {answer['revision']})")  # fmt: skip
+    return 0
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -418,24 +479,41 @@ def add_parser(subparsers: Any, noun: str, help_text: str) -> None:
     add_registry_option(deregister)
     add_config_option(deregister)
 
-    policy = add_verb(verbs, "policy", "set a service's failover policy (failover order, outlier detection...)",
-                      run_policy)
+    through = (
+        "With --config (and no --registry) the cluster's control plane validates and writes "
+        "(PUT /v1/services/NAME.NS/%s); --registry URL writes the registry directly (no control plane needed)."
+    )
+    policy = add_verb(verbs, "policy", "set, show or remove a service's failover policy (failover order, outlier "
+                      "detection...)", run_policy)  # fmt: skip
+    policy.description += ". Options not given keep their stored values. " + through % "policy"
     policy.add_argument("service", metavar="NAME.NAMESPACE", help="the service, e.g. checkout.shop")
     policy.add_argument("--failover", metavar="REGIONS", help="regions to fail over to, in order: us-east,eu-west")
     for attribute, _, _, kind, text in _POLICY_OPTIONS:
         policy.add_argument("--" + attribute.replace("_", "-"), dest=attribute, type=kind, metavar="N", help=text)
-    policy.add_argument("--remove", action="store_true", help="remove the stored policy (config defaults apply)")
+    what = policy.add_mutually_exclusive_group()
+    what.add_argument("--show", action="store_true", help="print the stored policy")
+    what.add_argument("--remove", action="store_true", help="remove the stored policy (config defaults apply)")
     policy.add_argument("--cluster", help="cluster name (default: the cluster of --config)")
     add_registry_option(policy)
     add_config_option(policy)
+    add_json_option(policy)
 
-    routes = add_verb(verbs, "routes", "set a service's route rules from a TOML file (validated first)", run_routes)
+    routes = add_verb(verbs, "routes", "set, show or remove a service's route rules (validated before they are "
+                      "written)", run_routes)  # fmt: skip
+    routes.description += (
+        ". Refused rules (bad regular expressions, weights not adding up to 100, unknown subsets, invalid "
+        "header names, unknown services) are named and nothing is written. " + through % "routes"
+    )
     routes.add_argument("service", metavar="NAME.NAMESPACE", help="the service, e.g. checkout.shop")
-    routes.add_argument("--file", metavar="RULES.TOML", help='[[rules]] tables (or [[routes."svc"]])')
-    routes.add_argument("--remove", action="store_true", help="remove the stored rules (config defaults apply)")
+    what = routes.add_mutually_exclusive_group()
+    what.add_argument("--file", metavar="RULES.TOML", help='set the rules: [[rules]] tables (or [[routes."svc"]]); '
+                      "a .json file holds a list of rules")  # fmt: skip
+    what.add_argument("--show", action="store_true", help="print the stored rules, in the order they are tried")
+    what.add_argument("--remove", action="store_true", help="remove the stored rules (config defaults apply)")
     routes.add_argument("--cluster", help="cluster name (default: the cluster of --config)")
     add_registry_option(routes)
     add_config_option(routes)
+    add_json_option(routes)
 
     listing = add_verb(verbs, "list", "services per cluster and locality, with endpoints healthy/total", run_list)
     listing.add_argument("--cluster", help="only this cluster")

@@ -2,7 +2,8 @@
 #   cd terraform/demo && eval "$(./setup)" && terraform init && terraform apply
 # Region us-east: east-1 (us-east-1a, us-east-1b) and east-2 (us-east-1c); region eu-west: west-1
 # (eu-west-1a). Every cluster peers with every other, exports echo.demo to every peer; west-1 also
-# exports hello.demo (it runs only there), and east-1 fails echo.demo over to eu-west.
+# exports hello.demo (it runs only there), east-1 fails echo.demo over to eu-west, and east-1's
+# route rules for echo.demo tag every answer and mark the requests that leave for eu-west.
 
 terraform {
   required_version = ">= 1.0"
@@ -95,6 +96,26 @@ resource "isthmus_failover_policy" "echo_east1" {
   cluster  = isthmus_cluster.this["east-1"].name
   service  = "echo.demo"
   failover = var.echo_failover
+}
+
+# Route rules, tried in order (the `[[routes."echo.demo"]]` tables of a cluster config, as JSON).
+# East-1's control plane checks them before storing them: a bad rule fails the apply, naming the rule.
+resource "isthmus_route_rules" "echo_east1" {
+  dir     = local.dir
+  cluster = isthmus_cluster.this["east-1"].name
+  service = "echo.demo"
+  rules = jsonencode([
+    {
+      name             = "tag"
+      match            = { path_prefix = "/" }
+      response_headers = { add = { "x-isthmus-route" = "echo-tag" } }
+      # Only on calls that leave east-1 for a gateway in eu-west (failover to west-1).
+      when_leaving_for = {
+        region          = "eu-west"
+        request_headers = { add = { "x-isthmus-region" = "eu-west" } }
+      }
+    },
+  ])
 }
 
 output "dir" {

@@ -1,7 +1,7 @@
 """The provider's only way to act: run the `isthmus` command line and read what it prints.
 
 Owns the command contract the resources rely on (`isthmus demo up|down|status`, `cluster
-token|register|list|remove`, `service export|list|policy`), the lock that keeps concurrent
+token|register|list|remove`, `service export|list|policy`, `service routes --file|--show|--remove`), the lock that keeps concurrent
 Terraform operations on one demo directory from racing, and the translation of a failed command
 (exit status 2, one line on stderr) into `CommandFailed`. Must not import `tf` (resources turn
 `CommandFailed` into diagnostics) nor Isthmus itself (it lives in another virtualenv).

@@ -9,6 +9,7 @@ own test environment can check this table against `federation.demo.topology`.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,41 @@ def check_failover_resource(config: dict[str, Any]) -> list[Problem]:
         problems += found
     if len(set(map(str, failover))) != len(failover):
         problems.append(Problem("failover", "failover: a region is listed twice"))
+    return problems
+
+
+def check_route_rules_resource(config: dict[str, Any]) -> list[Problem]:
+    """`isthmus_route_rules`: dir, cluster, service, rules (JSON: a list of tables, each with a name).
+
+    Only the shape is checked here; what the rules mean (regular expressions, weights, subsets,
+    header names) is checked by the cluster's control plane when they are applied.
+    """
+    problems = (
+        check_dir("dir", config.get("dir"))
+        + check_cluster("cluster", config.get("cluster"))
+        + check_service("service", config.get("service"))
+    )
+    text = config.get("rules")
+    if not isinstance(text, str):
+        return problems
+    example = 'rules = jsonencode([{ name = "canary", split = [...] }])'
+    try:
+        rules = json.loads(text)
+    except ValueError as exc:
+        return problems + [Problem("rules", f"rules: not JSON ({exc})", example)]
+    if not isinstance(rules, list):
+        return problems + [Problem("rules", "rules: must be a JSON list of rules", example)]
+    seen: set[str] = set()
+    for index, rule in enumerate(rules, start=1):
+        name = rule.get("name") if isinstance(rule, dict) else None
+        if not isinstance(rule, dict):
+            problems.append(Problem("rules", f"rules: rule #{index} is not an object", example))
+        elif not isinstance(name, str) or not name.strip():
+            problems.append(Problem("rules", f"rules: rule #{index} has no name", "Every rule needs a name: errors name it."))
+        elif name in seen:
+            problems.append(Problem("rules", f'rules: rule "{name}" is given twice'))
+        else:
+            seen.add(name)
     return problems
 
 

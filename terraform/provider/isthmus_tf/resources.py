@@ -1,5 +1,5 @@
 """The provider's resources: `isthmus_cluster`, `isthmus_peering`, `isthmus_service_export`,
-`isthmus_failover_policy`.
+`isthmus_failover_policy`, `isthmus_route_rules`.
 
 Each resource validates its attributes at plan time (`names`), acts through the `isthmus` command
 line (`cli.Isthmus`) and reads back exactly what it applied, so that a plan right after an apply
@@ -11,6 +11,9 @@ Must not import Isthmus itself (it runs in another virtualenv): everything goes 
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +51,21 @@ def _dir_attr() -> schema.Attribute:
 
 def _id_attr(shape: str) -> schema.Attribute:
     return _attr("id", types.String(), f"`{shape}`, the id `terraform import` takes.", computed=True)
+
+
+class _TerraformJson(types.NormalizedJson):
+    """JSON compared as values, and written as Terraform's `jsonencode()` writes it (keys sorted, no
+    spaces, `<`, `>`, `&`, U+2028 and U+2029 escaped), so that a value read back or imported equals
+    the configuration's `jsonencode([...])` and the next plan shows no change."""
+
+    def encode(self, value: Any) -> Any:
+        if not isinstance(value, list | dict):
+            return super().encode(value)  # null or unknown
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                              ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+            text = text.replace(char, escaped)
+        return text
 
 
 class _IsthmusResource(Resource):
@@ -317,67 +335,76 @@ class PeeringResource(_IsthmusResource):
         return None if pieces is None else self._state(*pieces)
 
 
-class ServiceExportResource(_IsthmusResource):
-    """`isthmus service export NAME.NS --to PEERS` in one cluster; `--remove` on destroy."""
+class _ServiceSetting(_IsthmusResource):
+    """A setting of one service in one cluster: `isthmus service VERB NAME.NS ... --config CLUSTER.TOML`
+    applies it, `--remove` on destroy; id and import `<dir>:<cluster>:<service>`.
 
-    check = staticmethod(names.check_export_resource)
+    Subclasses name the verb, the attribute holding the value (`field`) and the verb's option taking
+    it (or say how to apply a value, `_set`), how to read it back from a running cluster (`_fetch`:
+    the value, or None when the cluster holds none) and what an import that finds nothing says
+    (`_not_found`). Create and update apply; a cluster that is not running holds nothing.
+    """
+
+    type_name: str  # the resource is isthmus_<type_name>
+    verb: str  # isthmus service <verb>
+    field: str  # the attribute holding the value
+    option: str = ""  # the verb's option taking the value as a comma-separated list
+    texts: tuple[str, str, str, str]  # descriptions: the resource, `cluster`, `service`, the value
+    value_type: Callable[[], Any] = lambda: types.List(types.String())
 
     @classmethod
     def get_name(cls) -> str:
-        return "service_export"
+        return cls.type_name
 
     @classmethod
     def get_schema(cls) -> schema.Schema:
+        resource, cluster, service, value = cls.texts
         return schema.Schema(
-            description="An export: lets peer clusters import a service of `cluster`.",
+            description=resource,
             attributes=[
                 _id_attr("<dir>:<cluster>:<service>"),
                 _dir_attr(),
-                _attr(
-                    "cluster", types.String(), "The exporting cluster.", required=True, requires_replace=True
-                ),
-                _attr(
-                    "service",
-                    types.String(),
-                    "name.namespace, e.g. echo.demo.",
-                    required=True,
-                    requires_replace=True,
-                ),
-                _attr(
-                    "to",
-                    types.List(types.String()),
-                    'Peer clusters allowed to import it, or ["*"] for every peer.',
-                    required=True,
-                ),
+                _attr("cluster", types.String(), cluster, required=True, requires_replace=True),
+                _attr("service", types.String(), service, required=True, requires_replace=True),
+                _attr(cls.field, cls.value_type(), value, required=True),
             ],
         )
 
-    @staticmethod
-    def _state(directory: str, cluster: str, service: str, to: list[str]) -> State:
+    def _state(self, directory: str, cluster: str, service: str, value: Any) -> State:
         return {
             "id": f"{directory}:{cluster}:{service}",
             "dir": directory,
             "cluster": cluster,
             "service": service,
-            "to": to,
+            self.field: value,
         }
 
+    def _set(self, directory: str, config: str, service: str, value: Any) -> None:
+        argv = ["service", self.verb, service, self.option, ",".join(value), "--config", config]
+        self.isthmus.shared(directory, argv)
+
+    def _fetch(self, directory: str, config: str, cluster: str, service: str, known: Any) -> Any | None:
+        """The value `cluster` holds (`known`: the value last applied, None on import), or None."""
+        raise NotImplementedError
+
+    def _not_found(self, cluster: str, service: str) -> str:
+        raise NotImplementedError
+
+    def _read_value(self, directory: str, cluster: str, service: str, known: Any) -> Any | None:
+        entry = self.isthmus.cluster_in_demo(directory, cluster)
+        if entry is None:
+            return None  # the cluster is not running: whatever it held is gone
+        return self._fetch(directory, entry["config"], cluster, service, known)
+
     def _apply(self, ctx: Any, planned: State) -> State | None:
-        directory, cluster, service, to = (
-            planned["dir"],
-            planned["cluster"],
-            planned["service"],
-            list(planned["to"]),
-        )
+        directory, cluster, service = planned["dir"], planned["cluster"], planned["service"]
+        value = planned[self.field]
         try:
-            config = self.isthmus.config_of(directory, cluster)
-            self.isthmus.shared(
-                directory, ["service", "export", service, "--to", ",".join(to), "--config", config]
-            )
+            self._set(directory, self.isthmus.config_of(directory, cluster), service, value)
         except CommandFailed as exc:
             self._fail(ctx, exc)
             return None
-        return self._state(directory, cluster, service, to)
+        return self._state(directory, cluster, service, value)
 
     def create(self, ctx: CreateContext, planned: State) -> State | None:
         return self._apply(ctx, planned)
@@ -385,37 +412,21 @@ class ServiceExportResource(_IsthmusResource):
     def update(self, ctx: UpdateContext, current: State, planned: State) -> State | None:
         return self._apply(ctx, planned) or current
 
-    def _exported_to(self, directory: str, cluster: str, service: str) -> list[str] | None:
-        entry = self.isthmus.cluster_in_demo(directory, cluster)
-        if entry is None:
-            return None
-        exported: list[str] = []
-        for row in self.isthmus.services(directory, entry["config"]):
-            if row.get("service") == service and row.get("cluster", cluster) == cluster:
-                exported += [p for p in row.get("exported_to") or [] if p not in exported]
-        return exported or None
-
     def read(self, ctx: ReadContext, current: State) -> State | None:
         directory, cluster, service = current["dir"], current["cluster"], current["service"]
         try:
-            exported = self._exported_to(directory, cluster, service)
+            value = self._read_value(directory, cluster, service, current.get(self.field))
         except CommandFailed as exc:
             self._fail(ctx, exc)
             return current
-        if exported is None:
-            return None
-        before = list(current.get("to") or [])
-        to = before if sorted(before) == sorted(exported) else exported  # keep the configured order
-        return self._state(directory, cluster, service, to)
+        return None if value is None else self._state(directory, cluster, service, value)
 
     def delete(self, ctx: DeleteContext, current: State) -> None:
         directory, cluster, service = current["dir"], current["cluster"], current["service"]
         try:
             entry = self.isthmus.cluster_in_demo(directory, cluster)
             if entry is not None:
-                self.isthmus.shared(
-                    directory, ["service", "export", service, "--remove", "--config", entry["config"]]
-                )
+                self.isthmus.shared(directory, ["service", self.verb, service, "--remove", "--config", entry["config"]])
         except CommandFailed as exc:
             self._fail(ctx, exc)
 
@@ -425,17 +436,48 @@ class ServiceExportResource(_IsthmusResource):
             return None
         directory, cluster, service = pieces
         try:
-            exported = self._exported_to(directory, cluster, service)
+            value = self._read_value(directory, cluster, service, None)
         except CommandFailed as exc:
             self._fail(ctx, exc)
             return None
-        if exported is None:
-            ctx.diagnostics.add_error(f"cannot import {id}: {cluster} does not export {service}")
+        if value is None:
+            ctx.diagnostics.add_error(f"cannot import {id}: {self._not_found(cluster, service)}")
             return None
-        return self._state(directory, cluster, service, exported)
+        return self._state(directory, cluster, service, value)
+
+    def _listed(self, directory: str, config: str, cluster: str, service: str, column: str) -> list[Any] | None:
+        """`column` of the service's rows in `isthmus service list --json` (None when no row has it)."""
+        found: list[Any] | None = None
+        for row in self.isthmus.services(directory, config):
+            if row.get("service") == service and row.get("cluster", cluster) == cluster and column in row:
+                found = (found or []) + [v for v in row.get(column) or [] if v not in (found or [])]
+        return found
 
 
-class FailoverPolicyResource(_IsthmusResource):
+class ServiceExportResource(_ServiceSetting):
+    """`isthmus service export NAME.NS --to PEERS` in one cluster; `--remove` on destroy."""
+
+    check = staticmethod(names.check_export_resource)
+    type_name, verb, field, option = "service_export", "export", "to", "--to"
+    texts = (
+        "An export: lets peer clusters import a service of `cluster`.",
+        "The exporting cluster.",
+        "name.namespace, e.g. echo.demo.",
+        'Peer clusters allowed to import it, or ["*"] for every peer.',
+    )
+
+    def _fetch(self, directory: str, config: str, cluster: str, service: str, known: Any) -> Any | None:
+        exported = self._listed(directory, config, cluster, service, "exported_to")
+        if not exported:
+            return None
+        before = list(known or [])
+        return before if sorted(before) == sorted(exported) else exported  # keep the configured order
+
+    def _not_found(self, cluster: str, service: str) -> str:
+        return f"{cluster} does not export {service}"
+
+
+class FailoverPolicyResource(_ServiceSetting):
     """`isthmus service policy NAME.NS --failover REGIONS` in one cluster; `--remove` on destroy.
 
     The policy is read back from `isthmus service list --json` when its rows carry a `failover`
@@ -443,121 +485,67 @@ class FailoverPolicyResource(_IsthmusResource):
     """
 
     check = staticmethod(names.check_failover_resource)
+    type_name, verb, field, option = "failover_policy", "policy", "failover", "--failover"
+    texts = (
+        "A failover policy: the order of regions a cluster's gateway tries for a service.",
+        "The cluster whose gateway follows the policy.",
+        "name.namespace, e.g. hello.demo.",
+        'Regions in order of preference, e.g. ["eu-west", "us-east"].',
+    )
 
-    @classmethod
-    def get_name(cls) -> str:
-        return "failover_policy"
+    def _fetch(self, directory: str, config: str, cluster: str, service: str, known: Any) -> Any | None:
+        failover = self._listed(directory, config, cluster, service, "failover")
+        if failover is None:
+            return None if known is None else list(known)
+        return failover or None
 
-    @classmethod
-    def get_schema(cls) -> schema.Schema:
-        return schema.Schema(
-            description="A failover policy: the order of regions a cluster's gateway tries for a service.",
-            attributes=[
-                _id_attr("<dir>:<cluster>:<service>"),
-                _dir_attr(),
-                _attr(
-                    "cluster",
-                    types.String(),
-                    "The cluster whose gateway follows the policy.",
-                    required=True,
-                    requires_replace=True,
-                ),
-                _attr(
-                    "service",
-                    types.String(),
-                    "name.namespace, e.g. hello.demo.",
-                    required=True,
-                    requires_replace=True,
-                ),
-                _attr(
-                    "failover",
-                    types.List(types.String()),
-                    'Regions in order of preference, e.g. ["eu-west", "us-east"].',
-                    required=True,
-                ),
-            ],
-        )
+    def _not_found(self, cluster: str, service: str) -> str:
+        return f"`isthmus service list --json` of {cluster} reports no failover policy for {service}"
 
-    @staticmethod
-    def _state(directory: str, cluster: str, service: str, failover: list[str]) -> State:
-        return {
-            "id": f"{directory}:{cluster}:{service}",
-            "dir": directory,
-            "cluster": cluster,
-            "service": service,
-            "failover": failover,
-        }
 
-    def _apply(self, ctx: Any, planned: State) -> State | None:
-        directory, cluster, service = planned["dir"], planned["cluster"], planned["service"]
-        failover = list(planned["failover"])
+class RouteRulesResource(_ServiceSetting):
+    """`isthmus service routes NAME.NS --file RULES.json` in one cluster (through its control plane, which
+    validates them); read back with `--show --json`; `--remove` on destroy.
+
+    `rules` is JSON (`jsonencode([...])`): route rules are nested tables of many optional shapes,
+    which Terraform's object types cannot hold without a schema per shape. What is read back is
+    compared as JSON and written as `jsonencode()` writes it, so a plan right after an apply or an
+    import shows no change.
+    """
+
+    check = staticmethod(names.check_route_rules_resource)
+    type_name, verb, field = "route_rules", "routes", "rules"
+    texts = (
+        "A service's route rules in one cluster, tried in order: matches on path, method, headers and "
+        "source; subsets, weighted splits, header edits, rewrites, timeouts, retries and faults.",
+        "The cluster whose gateway applies the rules.",
+        "name.namespace, e.g. echo.demo.",
+        'The rules as JSON, each a `[[routes."svc"]]` table of a cluster config: '
+        'jsonencode([{ name = "canary", split = [...] }]).',
+    )
+    value_type = _TerraformJson
+
+    def _set(self, directory: str, config: str, service: str, value: Any) -> None:
+        with tempfile.TemporaryDirectory(prefix="isthmus-tf-") as scratch:
+            path = os.path.join(scratch, "rules.json")
+            with open(path, "w") as f:
+                json.dump({"rules": value}, f)
+            self.isthmus.shared(directory, ["service", self.verb, service, "--file", path, "--config", config])
+
+    def _fetch(self, directory: str, config: str, cluster: str, service: str, known: Any) -> Any | None:
         try:
-            config = self.isthmus.config_of(directory, cluster)
-            self.isthmus.shared(
-                directory,
-                ["service", "policy", service, "--failover", ",".join(failover), "--config", config],
-            )
+            argv = ["service", self.verb, service, "--show", "--json", "--config", config]
+            shown = self.isthmus.shared_json(directory, argv)
         except CommandFailed as exc:
-            self._fail(ctx, exc)
-            return None
-        return self._state(directory, cluster, service, failover)
+            if "no such service" in exc.summary:
+                return None  # the service is gone, and nothing is stored for it
+            raise
+        if not isinstance(shown, dict) or not isinstance(shown.get("rules"), list):
+            raise CommandFailed("isthmus service routes: --show --json printed no rules list")
+        return shown["rules"] if shown.get("stored") else None
 
-    def create(self, ctx: CreateContext, planned: State) -> State | None:
-        return self._apply(ctx, planned)
-
-    def update(self, ctx: UpdateContext, current: State, planned: State) -> State | None:
-        return self._apply(ctx, planned) or current
-
-    def _listed(self, directory: str, cluster: str, service: str) -> tuple[bool, list[str] | None]:
-        """(cluster running, the failover list `service list` reports or None when it reports none)."""
-        entry = self.isthmus.cluster_in_demo(directory, cluster)
-        if entry is None:
-            return False, None
-        for row in self.isthmus.services(directory, entry["config"]):
-            if row.get("service") == service and row.get("cluster", cluster) == cluster and "failover" in row:
-                return True, list(row.get("failover") or [])
-        return True, None
-
-    def read(self, ctx: ReadContext, current: State) -> State | None:
-        directory, cluster, service = current["dir"], current["cluster"], current["service"]
-        try:
-            running, failover = self._listed(directory, cluster, service)
-        except CommandFailed as exc:
-            self._fail(ctx, exc)
-            return current
-        if not running or failover == []:
-            return None
-        return self._state(
-            directory, cluster, service, list(current["failover"]) if failover is None else failover
-        )
-
-    def delete(self, ctx: DeleteContext, current: State) -> None:
-        directory, cluster, service = current["dir"], current["cluster"], current["service"]
-        try:
-            entry = self.isthmus.cluster_in_demo(directory, cluster)
-            if entry is not None:
-                self.isthmus.shared(
-                    directory, ["service", "policy", service, "--remove", "--config", entry["config"]]
-                )
-        except CommandFailed as exc:
-            self._fail(ctx, exc)
-
-    def import_(self, ctx: ImportContext, id: str) -> State | None:
-        pieces = self._import_parts(ctx, id, 3, "<dir>:<cluster>:<service>")
-        if pieces is None:
-            return None
-        directory, cluster, service = pieces
-        try:
-            running, failover = self._listed(directory, cluster, service)
-        except CommandFailed as exc:
-            self._fail(ctx, exc)
-            return None
-        if not running or not failover:
-            ctx.diagnostics.add_error(
-                f"cannot import {id}: `isthmus service list --json` of {cluster} reports no failover policy for {service}"
-            )
-            return None
-        return self._state(directory, cluster, service, failover)
+    def _not_found(self, cluster: str, service: str) -> str:
+        return f"{cluster} has no route rules stored for {service}"
 
 
-RESOURCES = [ClusterResource, PeeringResource, ServiceExportResource, FailoverPolicyResource]
+RESOURCES = [ClusterResource, PeeringResource, ServiceExportResource, FailoverPolicyResource, RouteRulesResource]

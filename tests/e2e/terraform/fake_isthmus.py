@@ -183,6 +183,27 @@ def run(argv: list[str], verb: str, directory: str | None) -> None:
             value = option(argv, "--to" if verb == "service export" else "--failover")
             table[service] = [v for v in value.split(",") if v]
         save(path, state)
+    elif verb == "service routes":
+        path, state, name = cluster_of(option(argv, "--config"))
+        service = argv[2]
+        table = state["clusters"][name].setdefault("routes", {})
+        if "--show" in argv:
+            if service not in table and service not in SERVICES[name]:
+                fail(f"{service}: no such service in cluster {name} (neither registered nor imported)")
+            print(json.dumps({"cluster": name, "service": service, "rules": table.get(service, []),
+                              "stored": service in table, "revision": 1}))  # fmt: skip
+        elif "--remove" in argv:
+            table.pop(service, None)
+        else:
+            rules = json.loads(Path(option(argv, "--file")).read_text())["rules"]
+            for rule in rules:  # two of the control plane's checks, with its wording
+                if service not in SERVICES[name]:
+                    fail(f'{service} route "{rule["name"]}": no such service in the catalog')
+                total = sum(arm["weight"] for arm in rule.get("split", [])) if "split" in rule else 100
+                if total != 100:
+                    fail(f'{service} route "{rule["name"]}": weights sum to {total}, not 100')
+            table[service] = rules
+        save(path, state)
     elif verb == "service list":
         _, state, name = cluster_of(option(argv, "--config"))
         entry = state["clusters"][name]

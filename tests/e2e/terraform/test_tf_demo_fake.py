@@ -44,7 +44,7 @@ def test_apply_plan_import_destroy_with_the_1_0_3_binary(
     assert 'provider "isthmus.local/isthmus/isthmus"' in lock and 'version     = "0.1.0"' in lock
 
     done = ok(terraform(demo_workdir, tf_env, "apply", "-auto-approve", *variables))
-    assert "Apply complete! Resources: 11 added, 0 changed, 0 destroyed." in done.stdout
+    assert "Apply complete! Resources: 12 added, 0 changed, 0 destroyed." in done.stdout
     out = outputs(demo_workdir, tf_env)
     assert out["outbound"] == {
         "east-1": "127.0.1.1:15001",
@@ -65,6 +65,9 @@ def test_apply_plan_import_destroy_with_the_1_0_3_binary(
     assert f"service export hello.demo --to * --config {demo_dir}/west-1.toml" in calls
     assert sum(c.startswith("service export echo.demo --to *") for c in calls) == 3
     assert f"service policy echo.demo --failover us-east,eu-west --config {demo_dir}/east-1.toml" in calls
+    routes = [c for c in calls if c.startswith("service routes echo.demo --file ")]
+    assert len(routes) == 1 and routes[0].endswith(f"--config {demo_dir}/east-1.toml")
+    assert [r["name"] for r in _fake_state(demo_dir)["clusters"]["east-1"]["routes"]["echo.demo"]] == ["tag"]
     assert not [c for c in calls if "<token>" in c]
 
     # A plan right after the apply: read returns exactly what was applied.
@@ -117,6 +120,7 @@ def test_apply_plan_import_destroy_with_the_1_0_3_binary(
     }  # the dead one was dropped from the state, not downed
     calls = _calls(demo_dir)
     assert f"service export hello.demo --remove --config {demo_dir}/west-1.toml" in calls
+    assert f"service routes echo.demo --remove --config {demo_dir}/east-1.toml" in calls
     assert f"demo down --dir {demo_dir} --clusters west-1" in calls
     assert "Traceback" not in done.stdout + done.stderr
 

@@ -1,6 +1,7 @@
 """terraform/demo for real: `terraform apply` brings the demo up through the real `isthmus`, a request
-from east-1's outbound port to hello.demo (which runs only in west-1) is answered by west-1, and
-`terraform destroy` leaves no process and no listening port behind.
+from east-1's outbound port to hello.demo (which runs only in west-1) is answered by west-1, east-1's
+route rules for echo.demo (written through its control plane) tag its answers, and `terraform destroy`
+leaves no process and no listening port behind.
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ def test_terraform_apply_brings_the_demo_up_and_destroy_takes_it_down(
         print(
             f"\nterraform apply: {applied:.1f} s; first cross-region answer: {ready:.1f} s after starting the apply"
         )
+        # isthmus_route_rules.echo_east1, written through east-1's control plane, reaches its gateway.
+        tagged = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and tagged is None:
+            try:
+                response = httpx.get(f"http://{out['outbound']['east-1']}/", headers={"Host": "echo.demo"}, timeout=2)
+                if response.headers.get("x-isthmus-route") == "echo-tag":
+                    tagged = response
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert tagged is not None, "echo.demo answers through east-1 never carried the route rule's header"
+        shown = subprocess.run([str(ISTHMUS), "service", "routes", "echo.demo", "--show", "--json", "--config",
+                                out["configs"]["east-1"]], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert [rule["name"] for rule in json.loads(shown.stdout)["rules"]] == ["tag"], shown.stderr
         done = terraform(demo_workdir, tf_env, "plan", "-detailed-exitcode", *variables)
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
