@@ -7,8 +7,15 @@ scrape round with each target's text or the reason it did not answer; `MeshModel
 computes rates, success, latency quantiles, traffic share by locality, the mesh map, failover
 events and warnings from a short ring of samples kept per target.
 
-Metric names and labels are the contract in `METRICS.md`. Imports `attrs` and the standard
-library only; never trio, httpx, `gateway` or the control plane.
+Peers: the control plane hands each linked peer's summary to `set_peer_summary(name, body, now)`
+(checked by `federation.dashboard.summary`; a lie is refused, never shown) or the reason it got
+none to `set_peer_failure(name, error, now)`; both return a line worth logging when the peer's
+state changes, else None. The overview's `peers` section shows each peer's last good summary, its
+age, and since when the peer does not answer. `summary(now, ...)` is this cluster's own summary for
+a linked peer, projected from `overview` (`summary.build_summary`).
+
+Metric names and labels are the contract in `METRICS.md`. Imports `attrs`, the standard library
+and the pure `federation.dashboard.summary` only; never trio, httpx, `gateway` or the control plane.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+
+from federation.dashboard.summary import SummaryRefused, build_summary, decode_summary, parse_summary
 
 Labels = tuple[tuple[str, str], ...]
 Key = tuple[str, Labels]
@@ -38,6 +47,7 @@ STALE_WARNING_S = 30.0  # a catalog unconfirmed for longer than a few sync heart
 CERT_WARNING_S = 7 * 86400.0  # a week leaves time to rotate by hand if automatic rotation failed
 CERT_CRITICAL_S = 86400.0
 MIN_SHIFT_REQUESTS = 3  # fewer requests in a round than this say nothing about where traffic goes
+PEER_KEEP_S = 300.0  # a silent peer's last good summary is shown (greyed) for this long, then omitted
 
 
 class MetricsParseError(ValueError):
@@ -170,6 +180,17 @@ class _TargetState:
     last_ok: float | None = None
 
 
+@attrs.define
+class _PeerState:
+    """What this cluster knows of one linked peer's summary."""
+
+    state: str = "waiting"  # "waiting" (none asked yet) | "ok" | "no-answer" | "refused"
+    since: float | None = None  # when the current state began
+    error: str = ""
+    summary: dict[str, Any] | None = None  # the last good one (checked)
+    received_at: float | None = None
+
+
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -200,6 +221,7 @@ class MeshModel:
         self._dominant: dict[str, str] = {}
         self._links_down: dict[tuple[str, str], float] = {}
         self.rounds = 0
+        self.peers: dict[str, _PeerState] = {}
 
     # -- ingest -----------------------------------------------------------------------------------
 
@@ -302,6 +324,70 @@ class MeshModel:
             else:
                 self._links_down.pop((src, dst), None)
 
+    # -- peers' summaries ---------------------------------------------------------------------------
+
+    def set_peer_summary(self, name: str, body: bytes | Any, now: float) -> str | None:
+        """A linked peer answered with `body` (its bytes, or decoded JSON): kept if it is a summary of
+        `name`, else recorded as refused. Returns a line to log when the peer's state changes."""
+        try:
+            if isinstance(body, bytes | bytearray):
+                summary = decode_summary(bytes(body), expect_cluster=name)
+            else:
+                summary = parse_summary(body, expect_cluster=name)
+        except SummaryRefused as exc:
+            return self._peer_state(name, "refused", now, f"summary refused: {exc}")
+        peer = self.peers.setdefault(name, _PeerState())
+        peer.summary, peer.received_at = summary, now
+        return self._peer_state(name, "ok", now, "")
+
+    def set_peer_failure(self, name: str, error: str, now: float) -> str | None:
+        """A linked peer's summary could not be had (no answer, an HTTP error, too large)."""
+        return self._peer_state(name, "no-answer", now, error)
+
+    def forget_peers(self, keep: Iterable[str]) -> None:
+        """Drop the summaries of peers no longer linked."""
+        wanted = set(keep)
+        for name in list(self.peers):
+            if name not in wanted:
+                del self.peers[name]
+
+    def _peer_state(self, name: str, state: str, now: float, error: str) -> str | None:
+        peer = self.peers.setdefault(name, _PeerState())
+        before = peer.state
+        peer.error = error[:300]
+        if before == state:
+            return None
+        peer.state, peer.since = state, now
+        if state == "ok":
+            return None if before == "waiting" else f"peer {name}: summary received again"
+        return f"peer {name}: {peer.error}"
+
+    def summary(self, now: float, *, cluster: str, region: str, zones: Iterable[str],
+                services: Iterable[str]) -> dict[str, Any]:
+        """This cluster's summary for a linked peer that may see `services` (`summary.build_summary`)."""
+        return build_summary(self.overview(now), cluster=cluster, region=region, zones=tuple(zones),
+                             services=tuple(services))  # fmt: skip
+
+    def _peers(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for name, peer in sorted(self.peers.items()):
+            kept = peer.received_at is not None and now - peer.received_at <= PEER_KEEP_S
+            summary = peer.summary if kept else None
+            health = "unknown"
+            if peer.state in ("no-answer", "refused"):
+                health = "silent"
+            elif summary is not None:
+                degraded = any(g["state"] != "up" for g in summary["gateways"]) or not summary["gateways"] \
+                    or (summary["stale_s"] or 0.0) > STALE_WARNING_S
+                health = "degraded" if degraded else "ok"
+            out.append({
+                "name": name, "state": peer.state, "since": peer.since, "error": peer.error, "health": health,
+                "current": peer.state == "ok", "received_at": peer.received_at,
+                "age_s": None if peer.received_at is None else round(max(0.0, now - peer.received_at), 1),
+                "summary": summary,
+            })  # fmt: skip
+        return out
+
     # -- queries ------------------------------------------------------------------------------------
 
     def _fresh(self, now: float) -> list[_TargetState]:
@@ -376,13 +462,14 @@ class MeshModel:
                         pair.add_buckets(le, delta)
                 else:
                     gauges.setdefault(sample, []).append((state, dict(labels), value))
+        peers = self._peers(now)
         return {
             "generated_at": now,
             "rate_window_s": self.rate_window_s,
             "measured_window_s": _round(window),
             "rounds": self.rounds,
             "targets": [self._target_view(s) for s in sorted(self.targets.values(), key=lambda s: s.target.name)],
-            "regions": self._regions(now, localities, gauges),
+            "regions": self._regions(now, localities, gauges, peers),
             "links": self._links(now, pairs, gauges),
             "services": self._services(services, gauges),
             "pairs": [
@@ -391,7 +478,8 @@ class MeshModel:
                 for (src, dst), t in sorted(pairs.items()) if t.requests > 0
             ],  # fmt: skip
             "events": sorted(self.events, key=lambda e: e["at"], reverse=True),
-            "warnings": self._warnings(now, gauges),
+            "warnings": self._warnings(now, gauges, peers),
+            "peers": peers,
         }
 
     def _target_view(self, state: _TargetState) -> dict[str, Any]:
@@ -403,14 +491,16 @@ class MeshModel:
         }  # fmt: skip
 
     def _regions(self, now: float, localities: Mapping[str, tuple[str, tuple[str, ...]]],
-                 gauges: Mapping[str, list[tuple[_TargetState, dict[str, str], float]]]) -> list[dict[str, Any]]:
+                 gauges: Mapping[str, list[tuple[_TargetState, dict[str, str], float]]],
+                 peers: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
         clusters: dict[str, dict[str, Any]] = {}
 
         def cluster(name: str) -> dict[str, Any]:
             if name not in clusters:
                 region, zones = localities.get(name, ("unknown", ()))
                 clusters[name] = {"name": name, "region": region, "zones": list(zones), "gateways": [],
-                                  "controls": [], "catalog_revision": None, "stale_s": None}  # fmt: skip
+                                  "controls": [], "catalog_revision": None, "stale_s": None, "cert_expiry_s": None,
+                                  "peer_health": None}  # fmt: skip
             return clusters[name]
 
         for name in localities:
@@ -425,9 +515,15 @@ class MeshModel:
         for state, lab, value in gauges.get("isthmus_catalog_stale_seconds", []):
             c = cluster(lab.get("cluster") or state.target.cluster)
             c["stale_s"] = max(c["stale_s"] or 0.0, round(value, 1))
+        for state, _lab, value in gauges.get("isthmus_certificate_expiry_seconds", []):
+            c = cluster(state.target.cluster)  # the identities a cluster's own gateways and control plane use
+            c["cert_expiry_s"] = round(value if c["cert_expiry_s"] is None else min(c["cert_expiry_s"], value), 1)
         for src, dst in self._probe_states(now):
             cluster(src)
             cluster(dst)
+        for peer in peers:
+            if peer["name"] in clusters:  # a peer's summary colours its node; it adds none to the map
+                clusters[peer["name"]]["peer_health"] = peer["health"]
         regions: dict[str, list[dict[str, Any]]] = {}
         for c in sorted(clusters.values(), key=lambda c: c["name"]):
             regions.setdefault(c["region"], []).append(c)
@@ -489,8 +585,8 @@ class MeshModel:
             })  # fmt: skip
         return out
 
-    def _warnings(self, now: float,
-                  gauges: Mapping[str, list[tuple[_TargetState, dict[str, str], float]]]) -> list[dict[str, Any]]:
+    def _warnings(self, now: float, gauges: Mapping[str, list[tuple[_TargetState, dict[str, str], float]]],
+                  peers: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
         warnings: list[dict[str, Any]] = []
         for state in sorted(self.targets.values(), key=lambda s: s.target.name):
             if not state.up:
@@ -498,6 +594,11 @@ class MeshModel:
                 since = "" if state.since is None else f" since {iso(state.since)}"
                 warnings.append({"kind": "unreachable", "severity": "critical", "subject": t.name, "since": state.since,
                                  "message": f"{t.name} ({t.url or 'in process'}) unreachable{since}: {state.error}"})  # fmt: skip
+        for peer in peers:
+            if not peer["current"] and peer["state"] != "waiting":
+                warnings.append({"kind": "peer-summary", "severity": "warning", "subject": peer["name"],
+                                 "since": peer["since"], "message": f"peer {peer['name']} sends no summary since "
+                                 f"{iso(peer['since'])}: {peer['error']}"})  # fmt: skip
         for (src, dst), since in sorted(self._links_down.items()):
             warnings.append({"kind": "link-down", "severity": "critical", "subject": f"{src}->{dst}", "since": since,
                              "message": f"peer {dst} does not answer {src}'s probes since {iso(since)}"})  # fmt: skip

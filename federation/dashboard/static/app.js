@@ -101,7 +101,8 @@ function drawMap(data) {
   }
   for (const { x, y, c } of Object.values(pos)) {
     const down = c.gateways.concat(c.controls).some((g) => g.state !== "up");
-    const circle = svg("circle", { cx: x, cy: y, r: 34, class: "cluster" + (down ? " unreachable" : "") });
+    const peer = c.peer_health && c.peer_health !== "unknown" ? " peer-" + c.peer_health : "";
+    const circle = svg("circle", { cx: x, cy: y, r: 34, class: "cluster" + (down ? " unreachable" : peer) });
     map.appendChild(circle);
     map.appendChild(svg("text", { x, y: y - 2, class: "cluster-label" }, c.name));
     map.appendChild(svg("text", { x, y: y + 13, class: "cluster-sub" }, c.zones.join(", ")));
@@ -152,6 +153,59 @@ function drawServices(data) {
     cell(tr, epText, "endpoints");
     cell(tr, "", "spark-cell").appendChild(sparkline(s.history));
     tbody.appendChild(tr);
+  }
+}
+
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  return seconds < 90 ? `${fmt(seconds, 0)} s ago` : `${fmt(seconds / 60, 0)} min ago`;
+}
+
+// One row per service of each peer's last good summary; a peer that does not answer (or whose
+// summary was refused) gets a row saying so, and its last good rows are greyed.
+function drawPeers(data) {
+  const tbody = document.querySelector("#peers tbody");
+  clear(tbody);
+  const peers = data.peers || [];
+  if (!peers.length) { emptyRow(tbody, 9, "no linked peer"); return; }
+  for (const p of peers) {
+    const s = p.summary;
+    const attrs = { "data-peer": p.name, "data-state": p.state, class: "peer-first" };
+    if (!p.current) {
+      const tr = el("tr", attrs);
+      cell(tr, p.name, "peer");
+      const what = p.state === "refused" ? "summary refused" : "no answer";
+      const td = cell(tr, `${what} since ${clock(p.since)}: ${p.error}`, "bad");
+      td.setAttribute("colspan", "8");
+      tbody.appendChild(tr);
+    }
+    if (!s) {
+      if (p.current || p.state === "waiting") emptyRow(tbody, 9, `${p.name}: waiting for its summary`);
+      continue;
+    }
+    const up = s.gateways.filter((g) => g.state === "up").length;
+    const gateways = `${up}/${s.gateways.length} up`;
+    let catalog = s.catalog_revision !== null ? `rev ${s.catalog_revision}` : "–";
+    if (s.stale_s) catalog += `, stale ${fmt(s.stale_s, 0)} s`;
+    const rows = s.services.length ? s.services : [null];
+    rows.forEach((svc, i) => {
+      const tr = el("tr", { "data-peer": p.name, "data-state": p.state, "data-service": svc ? svc.name : "",
+        class: (p.current ? "" : "old ") + (p.current && i === 0 ? "peer-first" : "") });
+      cell(tr, i === 0 ? p.name : "", "peer");
+      if (svc) {
+        cell(tr, svc.name, "name");
+        cell(tr, fmt(svc.rps, 1), "num rps");
+        cell(tr, pct(svc.success_rate), "num success" + (svc.success_rate !== null && svc.success_rate < 0.99 ? " bad" : ""));
+        cell(tr, fmt(svc.p99_ms, 1), "num p99");
+        cell(tr, svc.active_locality || "–", "active");
+      } else {
+        cell(tr, "no exported service has traffic", "muted").setAttribute("colspan", "5");
+      }
+      cell(tr, i === 0 ? gateways : "", "gateways" + (i === 0 && up < s.gateways.length ? " bad" : ""));
+      cell(tr, i === 0 ? catalog : "", "catalog");
+      cell(tr, i === 0 ? ago(p.age_s) : "", "age");
+      tbody.appendChild(tr);
+    });
   }
 }
 
@@ -217,6 +271,7 @@ function draw(data) {
   drawWarnings(data);
   drawMap(data);
   drawServices(data);
+  drawPeers(data);
   drawPairs(data);
   drawEvents(data);
   drawTargets(data);

@@ -2,7 +2,8 @@
 against two live gateways under traffic, a gateway that is down, and a service whose name is HTML.
 
 Checks what an operator sees: panels with non-zero data, the unreachable gateway named as such, a
-lost zone appearing as a failover event, the hostile name shown as text. Saves a screenshot under
+lost zone appearing as a failover event, the hostile name shown as text, and the Peers panel with a
+peer's summary and a peer that does not answer. Saves screenshots under
 `test-artifacts/` and records the first paint (Performance API) in `test-artifacts/dashboard-paint.json`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,25 @@ def load_and_check(driver, url: str) -> dict:
     return paint
 
 
+def peer_summary() -> dict:
+    """west-1's summary as its control plane would send it (the model checks it as it would a peer's)."""
+    return {"version": 1, "cluster": "west-1", "region": "eu-west", "zones": ["eu-west-1a"], "generated_at": time.time(),
+            "gateways": [{"name": "gateway west-1", "state": "up", "since": None}], "catalog_revision": 4, "stale_s": 0.0,
+            "cert_expiry_s": 86400.0, "events": [],
+            "services": [{"name": "hello.demo", "rps": 12.5, "success_rate": 1.0, "p50_ms": 1.0, "p99_ms": 4.2,
+                          "share": [], "active_locality": "eu-west/eu-west-1a (west-1)"}]}  # fmt: skip
+
+
+def check_peers(driver) -> None:
+    """The Peers panel: west-1's services with its numbers, east-2 named as not answering."""
+    row = wait_for(driver, """return document.querySelector('#peers tr[data-peer="west-1"][data-service="hello.demo"]');""")
+    assert row.find_element("css selector", ".rps").text == "12.5"
+    assert row.find_element("css selector", ".active").text == "eu-west/eu-west-1a (west-1)"
+    silent = driver.find_element("css selector", '#peers tr[data-peer="east-2"][data-state="no-answer"]').text
+    assert "no answer since" in silent and "control-plane-unavailable" in silent
+    assert driver.execute_script("return document.querySelectorAll('#map circle.cluster.peer-ok').length") == 1
+
+
 async def test_dashboard_in_headless_chromium(dashboard_pki, tmp_path):
     if shutil.which("chromium") is None:
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium chromium-driver")
@@ -94,9 +115,14 @@ async def test_dashboard_in_headless_chromium(dashboard_pki, tmp_path):
         live.topology.east.apply_catalog(east_local_catalog(live.topology))
         await overview_until(live.url, lambda v: (s := service(v, "echo.demo")) is not None and s["share"]
                              and s["share"][0]["cluster"] == "east-1" and s["share"][0]["fraction"] == 1.0)  # fmt: skip
+        live.model.set_peer_summary("west-1", peer_summary(), time.time())
+        live.model.set_peer_failure("east-2", "HTTP 503: control-plane-unavailable", time.time())
         driver = await trio.to_thread.run_sync(open_browser, tmp_path)
         try:
             paint = await trio.to_thread.run_sync(load_and_check, driver, live.url)
+            await trio.to_thread.run_sync(check_peers, driver)
+            driver.execute_script("document.getElementById('peers-panel').scrollIntoView()")
+            await trio.to_thread.run_sync(driver.save_screenshot, str(ARTIFACTS / "dashboard-peers.png"))
             # break the zone: east-1's local endpoint goes, west-1 takes the traffic
             live.topology.east.apply_catalog(zone_lost_catalog(live.topology))
             text = await trio.to_thread.run_sync(wait_for, driver, """
