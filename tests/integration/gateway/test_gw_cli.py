@@ -16,7 +16,7 @@ import trio
 from certs.testing import make_pki
 from federation.cli import main
 from tests.conftest import free_port
-from tests.integration.gateway.support import serve_hypercorn
+from tests.integration.gateway.support import eventually, serve_hypercorn
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +254,7 @@ async def test_a_tracing_table_makes_the_gateway_export_a_span_per_request(tmp_p
                 response = await client.get(f"http://{gw['outbound']}/headers",
                                             headers={"host": "echo.demo", "traceparent": traceparent})
             assert response.status_code == 200
-            with trio.fail_after(10):
-                while not receiver.trace("0af7651916cd43dd8448eb211c80319c"):
-                    await trio.sleep(0.05)
+            await eventually(lambda: receiver.trace("0af7651916cd43dd8448eb211c80319c"), timeout_s=10)
         finally:
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):

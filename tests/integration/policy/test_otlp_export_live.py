@@ -244,6 +244,18 @@ async def test_spans_still_queued_when_the_gateways_exit_are_flushed(policy_pki)
         assert set(receiver.trace(TRACE_ID)) == {"isthmus-east-1", "isthmus-west-1"}
 
 
+@pytest.fixture
+def refused_before_serving(monkeypatch):
+    """The CLI tests below run `isthmus gateway` in this process: were the refusal to be missed, the
+    gateway would serve forever; with this it fails the test at once instead."""
+    import gateway.server
+
+    async def serving(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the gateway started serving: the [tracing] table was not refused")
+
+    monkeypatch.setattr(gateway.server, "serve_gateway", serving)
+
+
 def cli_config(tmp_path: Any, pki_dir: Any, tracing: str) -> str:
     (tmp_path / "catalog.json").write_text(
         '{"cluster": "east-1", "revision": 1, "services": [], "endpoints": [], "exports": []}')
@@ -265,13 +277,13 @@ def cli_config(tmp_path: Any, pki_dir: Any, tracing: str) -> str:
     ],
 )
 def test_the_gateway_command_refuses_a_bad_tracing_table_in_one_line(tmp_path, policy_pki, capsys, tracing,
-                                                                      expected):
+                                                                      expected, refused_before_serving):
     assert main(["gateway", "--config", cli_config(tmp_path, policy_pki.dir, tracing)]) == 2
     assert capsys.readouterr().err == expected
 
 
 def test_the_gateway_command_without_the_extra_names_it_in_one_line(tmp_path, policy_pki, capsys,
-                                                                     without_opentelemetry):
+                                                                     without_opentelemetry, refused_before_serving):
     config = cli_config(tmp_path, policy_pki.dir, 'otlp_endpoint = "http://127.0.0.1:4318"')
     assert main(["gateway", "--config", config]) == 2
     err = capsys.readouterr().err
