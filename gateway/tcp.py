@@ -139,6 +139,7 @@ async def _one_way_splice(src: socket.socket, dst: socket.socket, counts: PumpCo
                 continue
             if not moved:
                 break
+            drained = moved < PIPE_SIZE  # the socket had no more: wait before asking again (no EAGAIN round)
             touch[0] = trio.current_time()
             if upstream_bound:
                 counts.sent += moved
@@ -150,6 +151,10 @@ async def _one_way_splice(src: socket.socket, dst: socket.socket, counts: PumpCo
                 except BlockingIOError:
                     transfers = 0
                     await trio.lowlevel.wait_writable(dst)
+            if drained:
+                transfers = 0
+                await trio.lowlevel.wait_readable(src)
+                continue
             transfers += 1
             if transfers >= YIELD_EVERY:
                 transfers = 0
