@@ -100,8 +100,13 @@ async def _one_way_raw(src: socket.socket, dst: socket.socket, counts: PumpCount
                 await trio.lowlevel.checkpoint()
     except OSError:  # reset or broken pipe: this direction is over
         pass
+    _shut_write(dst)
+
+
+def _shut_write(sock: socket.socket) -> None:
+    """Pass this direction's end on (half-close); the peer may still be sending the other way."""
     try:
-        dst.shutdown(socket.SHUT_WR)
+        sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
 
@@ -128,13 +133,11 @@ async def _one_way_splice(src: socket.socket, dst: socket.socket, counts: PumpCo
     assert SPLICE is not None
     src_fd, dst_fd = src.fileno(), dst.fileno()
     read_end, write_end = _open_pipe()
-    transfers = 0
     try:
         while True:
             try:
                 moved = SPLICE(src_fd, write_end, PIPE_SIZE, flags=SPLICE_FLAGS)
             except BlockingIOError:
-                transfers = 0
                 await trio.lowlevel.wait_readable(src)
                 continue
             if not moved:
@@ -149,25 +152,17 @@ async def _one_way_splice(src: socket.socket, dst: socket.socket, counts: PumpCo
                 try:
                     moved -= SPLICE(read_end, dst_fd, moved, flags=SPLICE_FLAGS)
                 except BlockingIOError:
-                    transfers = 0
                     await trio.lowlevel.wait_writable(dst)
             if drained:
-                transfers = 0
                 await trio.lowlevel.wait_readable(src)
-                continue
-            transfers += 1
-            if transfers >= YIELD_EVERY:
-                transfers = 0
+            else:  # a full pipe's worth: let other tasks run before the next one
                 await trio.lowlevel.checkpoint()
     except OSError:  # reset or broken pipe: this direction is over
         pass
     finally:
         os.close(read_end)
         os.close(write_end)
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
+    _shut_write(dst)
 
 
 async def pump(downstream: trio.abc.Stream, upstream: trio.abc.Stream, *, idle_timeout_s: float,

@@ -44,3 +44,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 @pytest.fixture
 def unused_port():
     return free_port
+
+
+@pytest.fixture
+def without_opentelemetry(monkeypatch):
+    """Every `opentelemetry` import fails, as when the `otlp` extra is not installed."""
+    import sys
+
+    import gateway.otlp
+
+    for name in [n for n in sys.modules if n == "opentelemetry" or n.startswith("opentelemetry.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    monkeypatch.setattr(gateway.otlp, "_sdk", None)

@@ -8,7 +8,6 @@ requests nothing and is logged once per gateway; without the extra nothing chang
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -211,15 +210,6 @@ async def test_a_collector_that_is_down_neither_fails_nor_slows_requests(policy_
     assert not [r for r in caplog.records if r.name.startswith("opentelemetry") and r.levelno >= logging.WARNING]
 
 
-@pytest.fixture
-def without_opentelemetry(monkeypatch):
-    """Every `opentelemetry` import fails, as when the extra is not installed."""
-    import gateway.otlp
-
-    for name in [n for n in sys.modules if n == "opentelemetry" or n.startswith("opentelemetry.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "opentelemetry", None)
-    monkeypatch.setattr(gateway.otlp, "_sdk", None)
 
 
 async def test_without_the_extra_the_gateways_serve_and_tracing_is_refused(policy_pki, without_opentelemetry):

@@ -12,18 +12,13 @@ from __future__ import annotations
 import math
 import struct
 
-import h11
 import pytest
-import trio
-import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Info, Summary
 
-from gateway.admin import serve_admin_connection
 from gateway.exposition import PROTOBUF_CONTENT_TYPE, render, render_protobuf, wants_protobuf
 from gateway.metrics import GatewayMetrics
-from tests.unit.gateway.test_gw_exposition import _Custom, busy_gateway, samples
+from tests.unit.gateway.test_gw_exposition import admin_get, busy_gateway, every_collector_kind, samples
 
 PROMETHEUS_ACCEPT = (b"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
                      b"application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # fmt: skip
@@ -121,14 +116,7 @@ def test_a_gateway_scrape_has_the_same_samples_in_both_formats():
 
 
 def test_other_collector_kinds_keep_their_samples():
-    registry = CollectorRegistry(target_info={"cluster": "east-1"})
-    Summary("rtt_seconds", "Probe RTT", ["peer"], registry=registry).labels("west-1").observe(0.2)
-    Info("build", "Build", registry=registry).info({"version": "1.0"})
-    Enum("state", "State", states=["up", "down"], registry=registry).state("down")
-    Gauge("temperature", "Function gauge", registry=registry).set_function(lambda: 21.5)
-    Counter("plain", "Unlabelled counter", registry=registry).inc(2)
-    Gauge("empty", "A labelled family with no series yet", ["x"], registry=registry)
-    registry.register(_Custom())
+    registry = every_collector_kind(negative_histogram=False)
     assert proto_samples(render_protobuf(registry)) == normalised(samples(render(registry)))
 
 
@@ -194,25 +182,6 @@ def test_protobuf_is_sent_only_when_the_scraper_prefers_it(accept, protobuf):
 
 
 async def test_the_admin_listener_answers_a_prometheus_scrape_in_protobuf():
-    metrics = busy_gateway()
-    routes = {b"/metrics": lambda headers: (200, *metrics.exposition_for(headers))}
-    client, server = trio.testing.memory_stream_pair()
-    conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(method=b"GET", target=b"/metrics", headers=[(b"host", b"127.0.0.1"), (b"accept", PROMETHEUS_ACCEPT)])
-    response, body = None, b""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_admin_connection, server, routes)
-        await client.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await client.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-    assert response is not None and response.status_code == 200
-    assert dict(response.headers)[b"content-type"] == PROTOBUF_CONTENT_TYPE
-    assert proto_samples(body) == normalised(samples(metrics.render()))
+    headers, body, text = await admin_get(b"/metrics", media=PROMETHEUS_ACCEPT)
+    assert headers[b"content-type"] == PROTOBUF_CONTENT_TYPE
+    assert proto_samples(body) == normalised(samples(text))

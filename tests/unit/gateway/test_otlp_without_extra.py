@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import gateway.otlp
 from gateway.config import GatewayConfig, TracingConfig
 from gateway.errors import ConfigInvalid
 from gateway.request_policy import RequestPolicy, traffic_options
@@ -21,13 +20,6 @@ ROOT = Path(__file__).resolve().parents[3]
 NEEDS_EXTRA = r"^tracing: \[tracing\] needs the otlp extra \(.+\): pip install 'isthmus\[otlp\]'$"
 
 
-@pytest.fixture
-def without_opentelemetry(monkeypatch):
-    """Every `opentelemetry` import fails, as when the extra is not installed."""
-    for name in [n for n in sys.modules if n == "opentelemetry" or n.startswith("opentelemetry.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "opentelemetry", None)
-    monkeypatch.setattr(gateway.otlp, "_sdk", None)
 
 
 def gateway_config() -> GatewayConfig:
