@@ -198,7 +198,9 @@ class RequestPolicy:
         self.cluster = cluster
         self.trust_domain = trust_domain
         self.authz = authz
-        self.rng = rng or random.SystemRandom()
+        # Trace and span ids need to be unique, not unpredictable: a Mersenne Twister seeded from the OS
+        # (as Envoy's mt19937_64) rather than a getrandom(2) system call per id.
+        self.rng = rng or random.Random()
         self.routes = RouteTable(RoutesConfig())
         self.source_routes = RouteTable(RoutesConfig())
         self._routes_spec: dict[str, list[Any]] = {}

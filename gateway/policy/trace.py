@@ -4,7 +4,7 @@ Each gateway continues the trace a request brings, or starts one when it brings 
 invalid one, and sends the next hop a child `traceparent`: the same trace id, a new parent (span)
 id. `tracestate` is passed through when it is valid and the `traceparent` was, and dropped
 otherwise, as the spec asks. Ids come from the caller's `random.Random` (the gateway passes a
-`random.SystemRandom`; tests pass a seeded one).
+`random.Random` seeded by the OS; tests pass a seeded one).
 
 Rules applied (spec section 3.2): `version-traceid-parentid-flags`, lower-case hex only;
 version `ff` is invalid; version `00` is exactly 55 characters; a higher version is parsed by its
