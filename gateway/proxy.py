@@ -531,10 +531,16 @@ class Proxy:
                 await responder.start(status, headers, end_stream=True)
                 return status, reason
             await responder.start(status, headers, end_stream=False)
-            # One scope for the whole body, its deadline pushed on by each chunk (idle timeout).
-            with trio.CancelScope() as scope:
+            # One scope for the whole body, its deadline pushed on by each chunk (idle timeout), moved
+            # only when it would move by more than 1 % of the timeout: setting a deadline costs more
+            # than relaying a small chunk.
+            idle_s = self.idle_timeout_s
+            slack_s = min(1.0, idle_s / 100)
+            with trio.CancelScope(deadline=trio.current_time() + idle_s) as scope:
                 while True:
-                    scope.deadline = trio.current_time() + self.idle_timeout_s
+                    deadline = trio.current_time() + idle_s
+                    if deadline - scope.deadline > slack_s:
+                        scope.deadline = deadline
                     chunk = await stream.receive_chunk()
                     if chunk is None:
                         break
