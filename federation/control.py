@@ -483,7 +483,7 @@ class ControlPlane:
         """What `peer`'s dashboard may show of this cluster: only the services exported to it."""
         cluster = self.config.cluster
         return self.mesh.summary(time.time(), cluster=self.name, region=cluster.region, zones=cluster.zones,
-                                 services=self.exports.view(peer).services)  # fmt: skip
+                                 services=self.exports.view(peer).services, viewer=peer)  # fmt: skip
 
     async def _serve_peer_summary(self, peer: Peer) -> None:
         await trio.sleep(self.rng.random() * 0.5)

@@ -363,10 +363,10 @@ class MeshModel:
         return f"peer {name}: {peer.error}"
 
     def summary(self, now: float, *, cluster: str, region: str, zones: Iterable[str],
-                services: Iterable[str]) -> dict[str, Any]:
-        """This cluster's summary for a linked peer that may see `services` (`summary.build_summary`)."""
+                services: Iterable[str], viewer: str | None = None) -> dict[str, Any]:
+        """This cluster's summary for `viewer`, a linked peer that may see `services` (`summary.build_summary`)."""
         return build_summary(self.overview(now), cluster=cluster, region=region, zones=tuple(zones),
-                             services=tuple(services))  # fmt: skip
+                             services=tuple(services), viewer=viewer)  # fmt: skip
 
     def _peers(self, now: float) -> list[dict[str, Any]]:
         out = []

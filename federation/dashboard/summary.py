@@ -7,6 +7,8 @@ cluster and its locality; its gateways, up or unreachable; per service exported 
 request rate, success rate, p50/p99, traffic share by locality and active locality; the catalog's
 revision and staleness; the nearest certificate expiry; the recent failover events of those
 services. Names and numbers only, capped (`MAX_SERVICES`, `MAX_SHARE`, `MAX_EVENTS`...): a few KB.
+A summary names no cluster but this one and the peer it is for (`viewer`): traffic this cluster
+sent to a third cluster shows as `OTHER_CLUSTERS`, so a peer does not learn who else is linked.
 
 Importer side: a peer may lie or be broken. `decode_summary(body, expect_cluster=...)` accepts the
 bytes of an answer only if they are at most `MAX_SUMMARY_BYTES` of JSON with exactly the shape
@@ -37,6 +39,8 @@ MAX_ZONES = 16
 MAX_NAME = 120
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/(),\- ]*")
 EVENT_KINDS = frozenset({"failover", "failback", "traffic-moved"})
+OTHER_CLUSTERS = "other clusters"
+_PLACE = re.compile(r"(?P<locality>.*) \((?P<cluster>[^()]*)\)")  # "region/zone (cluster)", as the model writes it
 GATEWAY_STATES = frozenset({"up", "unreachable"})
 # Bounds of the numbers a summary may carry: generous for any real mesh, small enough to draw.
 MAX_TIME = 1e11  # wall-clock seconds (the year 5138)
@@ -65,10 +69,18 @@ def is_name(value: object) -> bool:
 
 
 def build_summary(overview: Mapping[str, Any], *, cluster: str, region: str, zones: Collection[str],
-                  services: Collection[str]) -> dict[str, Any]:
-    """What a linked peer's dashboard may show of this cluster: `overview` narrowed to `cluster`'s
-    own gateways and catalog and to `services` (those exported to that peer)."""
+                  services: Collection[str], viewer: str | None = None) -> dict[str, Any]:
+    """What `viewer`'s dashboard may show of this cluster: `overview` narrowed to `cluster`'s own
+    gateways and catalog, to `services` (those exported to `viewer`), and to the two clusters' names."""
     allowed = {s for s in services if is_name(s)}
+    visible = {cluster, viewer} if viewer is not None else None
+
+    def place(text: Any) -> Any:
+        match = _PLACE.fullmatch(text) if isinstance(text, str) else None
+        if visible is None or match is None or match["cluster"] in visible:
+            return text
+        return OTHER_CLUSTERS
+
     own = next((c for r in overview.get("regions", ()) for c in r["clusters"] if c["name"] == cluster), {})
     gateways = [{"name": t["name"], "state": t["state"], "since": t["since"]}
                 for t in overview.get("targets", ())
@@ -76,14 +88,22 @@ def build_summary(overview: Mapping[str, Any], *, cluster: str, region: str, zon
     chosen = sorted((s for s in overview.get("services", ()) if s["name"] in allowed), key=lambda s: (-s["rps"], s["name"]))
     out_services = []
     for s in chosen[:MAX_SERVICES]:
-        share = [{"locality": p["locality"], "cluster": p["cluster"], "fraction": p["fraction"]}
-                 for p in s["share"] if _name_or_empty(p["locality"]) and _name_or_empty(p["cluster"])]  # fmt: skip
+        share, hidden = [], 0.0
+        for p in s["share"]:
+            if not (_name_or_empty(p["locality"]) and _name_or_empty(p["cluster"])):
+                continue
+            if visible is not None and p["cluster"] not in visible:
+                hidden += p["fraction"]
+                continue
+            share.append({"locality": p["locality"], "cluster": p["cluster"], "fraction": p["fraction"]})
+        if hidden:
+            share.append({"locality": "", "cluster": OTHER_CLUSTERS, "fraction": round(hidden, 4)})
+        active = place(s["active_locality"])
         out_services.append({
             "name": s["name"], "rps": s["rps"], "success_rate": s["success_rate"], "p50_ms": s["p50_ms"],
-            "p99_ms": s["p99_ms"], "share": share[:MAX_SHARE],
-            "active_locality": s["active_locality"] if is_name(s["active_locality"]) else None,
+            "p99_ms": s["p99_ms"], "share": share[:MAX_SHARE], "active_locality": active if is_name(active) else None,
         })  # fmt: skip
-    events = [{"at": e["at"], "service": e["service"], "kind": e["kind"], "from": e["from"], "to": e["to"]}
+    events = [{"at": e["at"], "service": e["service"], "kind": e["kind"], "from": place(e["from"]), "to": place(e["to"])}
               for e in overview.get("events", ())
               if e["service"] in allowed and e["kind"] in EVENT_KINDS and is_name(e["from"]) and is_name(e["to"])]  # fmt: skip
     return {

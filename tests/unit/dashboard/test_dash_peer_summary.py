@@ -18,7 +18,9 @@ from federation.dashboard.model import PEER_KEEP_S, MeshModel
 from federation.dashboard.summary import (
     MAX_SERVICES,
     MAX_SUMMARY_BYTES,
+    OTHER_CLUSTERS,
     SummaryRefused,
+    build_summary,
     decode_summary,
     parse_summary,
 )
@@ -77,6 +79,31 @@ def test_the_summary_is_the_overview_narrowed_to_what_the_peer_may_see():
     wire = json.dumps(summary).encode()
     assert len(wire) < 2048  # numbers only: a few hundred bytes per service
     assert decode_summary(wire, expect_cluster="east-1") == summary  # what we send, a peer accepts
+
+
+def test_a_summary_names_no_cluster_but_its_own_and_the_viewers():
+    """east-1's echo.demo traffic went to east-1, west-1 and east-2; west-1 sees east-2 only as 'other clusters'."""
+    overview = {
+        "generated_at": T0, "regions": [], "targets": [],
+        "services": [{
+            "name": "echo.demo", "rps": 10.0, "success_rate": 1.0, "p50_ms": 1.0, "p99_ms": 2.0,
+            "share": [{"locality": "us-east/us-east-1a", "cluster": "east-1", "fraction": 0.5},
+                      {"locality": "us-east/us-east-1c", "cluster": "east-2", "fraction": 0.3},
+                      {"locality": "eu-west/eu-west-1a", "cluster": "west-1", "fraction": 0.2}],
+            "active_locality": "us-east/us-east-1c (east-2)"}],
+        "events": [{"at": T0, "service": "echo.demo", "kind": "traffic-moved",
+                    "from": "us-east/us-east-1a (east-1)", "to": "us-east/us-east-1c (east-2)"}],
+    }  # fmt: skip
+    summary = build_summary(overview, cluster="east-1", region="us-east", zones=(), services={"echo.demo"},
+                            viewer="west-1")  # fmt: skip
+    (echo,) = summary["services"]
+    assert [(p["cluster"], p["fraction"]) for p in echo["share"]] == [("east-1", 0.5), ("west-1", 0.2),
+                                                                      (OTHER_CLUSTERS, 0.3)]  # fmt: skip
+    assert echo["active_locality"] == OTHER_CLUSTERS
+    (event,) = summary["events"]
+    assert (event["from"], event["to"]) == ("us-east/us-east-1a (east-1)", OTHER_CLUSTERS)
+    assert "east-2" not in json.dumps(summary)
+    assert decode_summary(json.dumps(summary).encode(), expect_cluster="east-1") == summary
 
 
 def test_the_summary_caps_services_at_the_busiest():
