@@ -78,6 +78,14 @@ def local_catalog(cluster: str, endpoints: list[Endpoint], **extra: object) -> C
                    exports={"echo.demo": Export("echo.demo", ["*"])}, **extra)
 
 
+def bad_and_good(bad_port: int, good_port: int, bad_name: str, host: str = "127.0.0.1") -> Catalog:
+    """east-1's echo.demo with a misbehaving endpoint (`east-1/<bad_name>`) in zone a and a good one in zone b."""
+    return local_catalog("east-1", [
+        Endpoint("echo.demo", "east-1", host, bad_port, EAST_A, id=f"east-1/{bad_name}"),
+        Endpoint("echo.demo", "east-1", host, good_port, EAST_B, id="east-1/good"),
+    ])
+
+
 async def start_gateway(nursery: trio.Nursery, pki: object, catalog: Catalog, locality: Locality,
                         balancers: BalancerSet, host: str = "127.0.0.1", **settings: object):
     config = gateway_config(pki, catalog.cluster, locality, host, **settings)

@@ -10,7 +10,13 @@ import trio
 from gateway.lb.balancer import BalancerSet
 from gateway.lb.policy import HealthCheckPolicy, ServicePolicy
 from registry.model import Endpoint, Locality, Peer
-from tests.integration.failover.support import EAST_A, EAST_B, local_catalog, serve_silent, start_gateway
+from tests.integration.failover.support import (
+    EAST_A,
+    bad_and_good,
+    local_catalog,
+    serve_silent,
+    start_gateway,
+)
 from tests.integration.gateway.support import eventually, metric_value, serve_hypercorn
 
 HOST = "127.0.0.1"
@@ -23,10 +29,7 @@ async def test_a_hung_endpoint_fails_its_checks_and_takes_no_more_requests(gatew
     async with trio.open_nursery() as nursery:
         silent = await serve_silent(nursery, HOST)
         good = await serve_hypercorn(nursery, HOST)
-        catalog = local_catalog("east-1", [
-            Endpoint("echo.demo", "east-1", HOST, silent, EAST_A, id="east-1/silent"),
-            Endpoint("echo.demo", "east-1", HOST, good, EAST_B, id="east-1/good"),
-        ])
+        catalog = bad_and_good(silent, good, "silent")
         gateway = await start_gateway(nursery, gateway_pki, catalog, EAST_A, balancers)
         started = trio.current_time()
         await eventually(lambda: not gateway.failover.health.healthy("east-1/silent"), timeout_s=3)

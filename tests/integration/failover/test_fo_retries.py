@@ -9,11 +9,9 @@ import trio
 from gateway.lb.balancer import BalancerSet
 from gateway.lb.policy import HealthCheckPolicy, ServicePolicy, TimeoutPolicy
 from gateway.retrying import MAX_REPLAY_BYTES
-from registry.model import Endpoint
 from tests.integration.failover.support import (
     EAST_A,
-    EAST_B,
-    local_catalog,
+    bad_and_good,
     serve_resetting,
     serve_silent,
     start_gateway,
@@ -30,10 +28,7 @@ async def test_a_reset_mid_request_is_retried_in_the_other_zone(gateway_pki):
     async with trio.open_nursery() as nursery:
         bad = await serve_resetting(nursery, HOST, seen)
         good = await serve_hypercorn(nursery, HOST)
-        catalog = local_catalog("east-1", [
-            Endpoint("echo.demo", "east-1", HOST, bad, EAST_A, id="east-1/bad"),
-            Endpoint("echo.demo", "east-1", HOST, good, EAST_B, id="east-1/good"),
-        ])
+        catalog = bad_and_good(bad, good, "bad")
         gateway = await start_gateway(nursery, gateway_pki, catalog, EAST_A, BalancerSet({"echo.demo": QUIET}))
         host, port = gateway.addresses["outbound"]
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
@@ -66,10 +61,7 @@ async def test_a_silent_endpoint_costs_one_per_try_timeout_then_the_request_succ
     async with trio.open_nursery() as nursery:
         silent = await serve_silent(nursery, HOST)
         good = await serve_hypercorn(nursery, HOST)
-        catalog = local_catalog("east-1", [
-            Endpoint("echo.demo", "east-1", HOST, silent, EAST_A, id="east-1/silent"),
-            Endpoint("echo.demo", "east-1", HOST, good, EAST_B, id="east-1/good"),
-        ])
+        catalog = bad_and_good(silent, good, "silent")
         gateway = await start_gateway(nursery, gateway_pki, catalog, EAST_A, BalancerSet({"echo.demo": policy}))
         host, port = gateway.addresses["outbound"]
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
@@ -89,10 +81,7 @@ async def test_a_post_is_not_retried_after_a_reset(gateway_pki):
     async with trio.open_nursery() as nursery:
         bad = await serve_resetting(nursery, HOST, seen)
         good = await serve_hypercorn(nursery, HOST)
-        catalog = local_catalog("east-1", [
-            Endpoint("echo.demo", "east-1", HOST, bad, EAST_A, id="east-1/bad"),
-            Endpoint("echo.demo", "east-1", HOST, good, EAST_B, id="east-1/good"),
-        ])
+        catalog = bad_and_good(bad, good, "bad")
         gateway = await start_gateway(nursery, gateway_pki, catalog, EAST_A, BalancerSet({"echo.demo": QUIET}))
         host, port = gateway.addresses["outbound"]
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:

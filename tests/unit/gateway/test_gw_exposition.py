@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import re
 
 import h11
 import pytest
@@ -27,19 +26,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
+from federation.bench.metrics import strip_created
 from gateway.admin import accepts_gzip, serve_admin_connection
 from gateway.exposition import TextExposition, render
 from gateway.metrics import GatewayMetrics
-
-
-def strip_created(text: bytes) -> bytes:
-    """`generate_latest`'s output without its `_created` families."""
-    kept = []
-    for line in text.decode().split("\n"):  # not splitlines(): label values may hold \x1e, \x85, ...
-        name = line.split(" ", 3)[2] if line.startswith("#") else re.split(r"[{ ]", line, maxsplit=1)[0]
-        if not name.endswith("_created"):
-            kept.append(line)
-    return "\n".join(kept).encode()
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple], float]:
