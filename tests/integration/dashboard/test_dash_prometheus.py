@@ -20,6 +20,7 @@ import httpx
 import pytest
 import trio
 
+from federation.bench.metrics import PROMETHEUS_ACCEPT
 from federation.dashboard.grafana_build import GRAFANA_DIR
 from federation.dashboard.promconfig import RULES_FILE, prometheus_argv, render_scrape_config
 from tests.conftest import free_port
@@ -126,9 +127,7 @@ async def test_every_panel_and_rule_runs_on_a_real_prometheus(dashboard_pki, tmp
                         await trio.sleep(0.25)
 
                 # What Prometheus asks the gateways for (2.42 with native-histograms), they answer in protobuf.
-                accept = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
-                          "application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-                scrape = await client.get(f"http://{admins[0]}/metrics", headers={"accept": accept})
+                scrape = await client.get(f"http://{admins[0]}/metrics", headers={"accept": PROMETHEUS_ACCEPT})
                 assert scrape.headers["content-type"].startswith("application/vnd.google.protobuf")
                 rules = (await client.get(f"{base}/api/v1/rules")).json()["data"]["groups"]
                 expressions = panel_expressions()

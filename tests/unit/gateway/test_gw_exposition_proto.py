@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federation.bench import metrics as bench_metrics
 from gateway.exposition import PROTOBUF_CONTENT_TYPE, render, render_protobuf, wants_protobuf
 from gateway.metrics import GatewayMetrics
 from tests.unit.gateway.test_gw_exposition import admin_get, busy_gateway, every_collector_kind, samples
 
-PROMETHEUS_ACCEPT = (b"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,"
-                     b"application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # fmt: skip
+PROMETHEUS_ACCEPT = bench_metrics.PROMETHEUS_ACCEPT.encode()  # what Prometheus 2.42 sends with native-histograms
 TYPES = {0: "counter", 1: "gauge", 2: "summary", 3: "untyped", 4: "histogram"}
 
 
