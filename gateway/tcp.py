@@ -5,19 +5,21 @@ terminated east-west connection (routed on SNI), and outbound TCP ports. Half-cl
 where the stream supports it (`send_eof`); idleness is measured across both directions.
 
 Between two plain TCP sockets (passthrough, outbound TCP to a local endpoint) the bytes never enter
-Python on Linux: `splice(2)` moves them socket -> pipe -> socket inside the kernel, one pipe per
-direction, so a 64 KiB response costs no user-space copy and no `bytes` object. Elsewhere the
-sockets are called directly (`_one_way_raw`); streams that are not plain sockets (TLS) go through
-trio's stream API.
+Python on Linux: the pair goes to the run's splice engine (`gateway.splice`), which moves them
+socket -> pipe -> socket inside the kernel for every pair from one task. Elsewhere plain sockets
+are called directly (`_one_way_raw`); streams that are not plain sockets (TLS) go through trio's
+stream API.
 """
 
 from __future__ import annotations
 
-import os
 import socket
+import time
 
 import attrs
 import trio
+
+from gateway import splice
 
 READ_SIZE = 65536
 
@@ -100,69 +102,29 @@ async def _one_way_raw(src: socket.socket, dst: socket.socket, counts: PumpCount
                 await trio.lowlevel.checkpoint()
     except OSError:  # reset or broken pipe: this direction is over
         pass
-    _shut_write(dst)
+    splice.shut_write(dst)
 
 
-def _shut_write(sock: socket.socket) -> None:
-    """Pass this direction's end on (half-close); the peer may still be sending the other way."""
+async def _pump_spliced(down: socket.socket, up: socket.socket, counts: PumpCounts, idle_timeout_s: float) -> None:
+    """Hand the pair to the splice engine and wait for both directions to end (or idleness)."""
+    token = trio.lowlevel.current_trio_token()
+    finished = trio.Event()
+    engine, pair = splice.add(down, up, lambda: token.run_sync_soon(finished.set))
     try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-
-
-SPLICE = getattr(os, "splice", None)  # Linux, Python 3.10+
-SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-PIPE_SIZE = 262144  # the kernel's cap for an unprivileged pipe is 1 MiB; 256 KiB moves a 64 KiB body in one call
-
-
-def _open_pipe() -> tuple[int, int]:
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        import fcntl
-
-        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):  # an older kernel or a lower cap: 64 KiB still works
-        pass
-    return read_end, write_end
-
-
-async def _one_way_splice(src: socket.socket, dst: socket.socket, counts: PumpCounts, upstream_bound: bool,
-                          touch: list[float]) -> None:
-    """Like `_one_way_raw`, with the bytes moved by `splice(2)` through a pipe of this direction's own."""
-    assert SPLICE is not None
-    src_fd, dst_fd = src.fileno(), dst.fileno()
-    read_end, write_end = _open_pipe()
-    try:
+        seen = -1
         while True:
-            try:
-                moved = SPLICE(src_fd, write_end, PIPE_SIZE, flags=SPLICE_FLAGS)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(src)
-                continue
-            if not moved:
-                break
-            drained = moved < PIPE_SIZE  # the socket had no more: wait before asking again (no EAGAIN round)
-            touch[0] = trio.current_time()
-            if upstream_bound:
-                counts.sent += moved
-            else:
-                counts.received += moved
-            while moved:
-                try:
-                    moved -= SPLICE(read_end, dst_fd, moved, flags=SPLICE_FLAGS)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(dst)
-            if drained:
-                await trio.lowlevel.wait_readable(src)
-            else:  # a full pipe's worth: let other tasks run before the next one
-                await trio.lowlevel.checkpoint()
-    except OSError:  # reset or broken pipe: this direction is over
-        pass
+            moved = pair.up.moved + pair.down.moved
+            if moved == seen:
+                return  # not a byte either way for a whole idle timeout
+            seen = moved
+            quiet_s = time.monotonic() - pair.touched  # the engine's clock: already quiet this long
+            with trio.move_on_after(max(idle_timeout_s - quiet_s, idle_timeout_s / 8)):
+                await finished.wait()
+                return
     finally:
-        os.close(read_end)
-        os.close(write_end)
-    _shut_write(dst)
+        splice.remove(engine, pair)
+        counts.sent += pair.up.moved
+        counts.received += pair.down.moved
 
 
 async def pump(downstream: trio.abc.Stream, upstream: trio.abc.Stream, *, idle_timeout_s: float,
@@ -173,15 +135,17 @@ async def pump(downstream: trio.abc.Stream, upstream: trio.abc.Stream, *, idle_t
     if initial:
         counts.sent += len(initial)
         await upstream.send_all(initial)
+    raw_down, raw_up = _raw_socket(downstream), _raw_socket(upstream)
+    if raw_down is not None and raw_up is not None and splice.available():
+        await _pump_spliced(raw_down, raw_up, counts, idle_timeout_s)
+        return counts
     async with trio.open_nursery() as nursery:
 
         async def both() -> None:
-            raw_down, raw_up = _raw_socket(downstream), _raw_socket(upstream)
             async with trio.open_nursery() as inner:
                 if raw_down is not None and raw_up is not None:
-                    one_way = _one_way_splice if SPLICE is not None else _one_way_raw
-                    inner.start_soon(one_way, raw_down, raw_up, counts, True, touch)
-                    inner.start_soon(one_way, raw_up, raw_down, counts, False, touch)
+                    inner.start_soon(_one_way_raw, raw_down, raw_up, counts, True, touch)
+                    inner.start_soon(_one_way_raw, raw_up, raw_down, counts, False, touch)
                 else:
                     inner.start_soon(_one_way, downstream, upstream, counts, True, touch, nursery.cancel_scope)
                     inner.start_soon(_one_way, upstream, downstream, counts, False, touch, nursery.cancel_scope)

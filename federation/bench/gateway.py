@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-workers-check", dest="workers_check", action="store_false",
                         help="skip the isthmus-l7 --workers 2 vs 1 throughput comparison")
     parser.add_argument("--profile", metavar="FILE", type=Path,
-                        help="after the rounds, sample isthmus-l7 at 100 B x 50 streams with py-spy and write the "
+                        help="after the rounds, sample isthmus-l7 at 100 B x the largest --streams with py-spy and write the "
                              "hottest functions and packages to FILE (the collapsed stacks to FILE.collapsed)")
     parser.add_argument("--keep-dir", action="store_true",
                         help="keep the working directory (configs, certificates, process logs)")
@@ -502,7 +502,8 @@ async def measure(options: Options) -> dict[str, Any]:
                     unavailable[target] = str(exc)
             samples = await interleave(bench, routes, options, unavailable)
             if options.profile is not None and "isthmus-l7" in routes:
-                await profile_route(bench, routes["isthmus-l7"], options.profile, max(options.duration_s, 5.0))
+                await profile_route(bench, routes["isthmus-l7"], options.profile, max(options.duration_s, 5.0),
+                                    streams=max(options.streams))
             if options.workers_check and "isthmus-l7" in routes:
                 try:
                     workers = await compare_workers(bench, options)
@@ -577,8 +578,8 @@ def py_spy_path() -> str:
     return found
 
 
-async def profile_route(bench: Bench, route: Route, out: Path, duration_s: float) -> None:
-    """Sample the proxy of `route` with py-spy while it serves 100 B x 50 streams; write a summary."""
+async def profile_route(bench: Bench, route: Route, out: Path, duration_s: float, *, streams: int) -> None:
+    """Sample the proxy of `route` with py-spy while it serves 100 B x `streams`; write a summary."""
     collapsed = out.with_name(out.name + ".collapsed")
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = [py_spy_path(), "record", "--pid", str(route.proxy_pids[0]), "--rate", "250", "--format", "raw",
@@ -590,9 +591,9 @@ async def profile_route(bench: Bench, route: Route, out: Path, duration_s: float
 
         nursery.start_soon(record)
         await trio.sleep(0.5)  # let py-spy attach before the load starts
-        sample = await load_once(bench, route, 100, 50, duration_s=duration_s)
+        sample = await load_once(bench, route, 100, streams, duration_s=duration_s)
     shares = summarize_collapsed(collapsed.read_text())
-    lines = [f"py-spy, {route.target}, 100 B x 50 streams, {duration_s:g} s, {sample.rps:,.0f} req/s "
+    lines = [f"py-spy, {route.target}, 100 B x {streams} streams, {duration_s:g} s, {sample.rps:,.0f} req/s "
              f"(py-spy on the client CPU; figures are shares of on-CPU samples)"]
     for title, kind, top in (("inclusive, by the library the gateway's code called", "called from gateway", 12),
                              ("self time by package", "package", 15),
