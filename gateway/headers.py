@@ -9,6 +9,7 @@ certificate). Names are lower-case bytes throughout. Pure.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterable
 
 HOP_BY_HOP = frozenset(
@@ -58,8 +59,12 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], *, keep_te_trailers
     return out
 
 
+_REQUEST_IDS = random.Random()  # seeded from the OS once: an id must be unique, not secret (no syscall per request)
+os.register_at_fork(after_in_child=_REQUEST_IDS.seed)
+
+
 def new_request_id() -> bytes:
-    return os.urandom(16).hex().encode()
+    return b"%032x" % _REQUEST_IDS.getrandbits(128)
 
 
 def request_protocol(headers: Iterable[tuple[bytes, bytes]]) -> str:
