@@ -81,6 +81,8 @@ class Direction:
     dst: socket.socket
     read_end: int
     write_end: int
+    src_fd: int = attrs.field(default=attrs.Factory(lambda self: self.src.fileno(), takes_self=True))
+    dst_fd: int = attrs.field(default=attrs.Factory(lambda self: self.dst.fileno(), takes_self=True))
     pending: int = 0  # bytes in the pipe not yet taken by dst
     moved: int = 0  # bytes taken from src so far
     eof: bool = False  # src has ended (or failed)
@@ -96,7 +98,7 @@ class Direction:
         """Move the pipe's bytes to dst; False if dst would block (or the direction ended)."""
         while self.pending:
             try:
-                self.pending -= SPLICE(self.read_end, self.dst.fileno(), self.pending, flags=SPLICE_FLAGS)
+                self.pending -= SPLICE(self.read_end, self.dst_fd, self.pending, None, None, SPLICE_FLAGS)
             except BlockingIOError:
                 return False
             except OSError:
@@ -113,7 +115,7 @@ class Direction:
         taken = 0
         while not self.done and not self.pending:
             try:
-                got = SPLICE(self.src.fileno(), self.write_end, PIPE_SIZE, flags=SPLICE_FLAGS)
+                got = SPLICE(self.src_fd, self.write_end, PIPE_SIZE, None, None, SPLICE_FLAGS)
             except BlockingIOError:
                 break
             except OSError:
@@ -144,6 +146,7 @@ class SplicedPair:
     down: Direction  # upstream -> downstream
     fds: tuple[int, int]  # downstream's, upstream's (kept: the caller may close the sockets first)
     notify: Callable[[], None]  # called once, from the engine's thread, when both directions have ended
+    settled: bool = True  # both sockets' interest is plain read (no direction waiting or ended)
     touched: float = 0.0  # time.monotonic() of the last byte either way (the caller's idle timeout)
 
     @property
@@ -258,6 +261,9 @@ class SpliceEngine:
                 moved = 0
             if moved:
                 pair.touched = now
+            if pair.settled and not (reading.pending or writing.pending or reading.eof or writing.eof
+                                     or reading.done or writing.done):
+                continue  # the common case: bytes passed straight through, interest unchanged
             if pair.done:
                 for pair_fd in pair.fds:
                     self._unregister(pair_fd)
@@ -282,12 +288,15 @@ class SpliceEngine:
 
     def _update(self, pair: SplicedPair) -> None:
         """Interest per socket: read unless its direction waits or ended; write while the other waits."""
+        settled = True
         for fd, reading, writing in ((pair.fds[0], pair.up, pair.down), (pair.fds[1], pair.down, pair.up)):
             mask = (0 if reading.done or reading.eof or reading.blocked else IN) | (OUT if writing.blocked else 0)
             current = self._masks.get(fd)
+            settled = settled and mask == IN and current is not None
             if current is not None and current != mask:
                 self._masks[fd] = mask
                 self._epoll.modify(fd, mask)
+        pair.settled = settled
 
 
 _ENGINE: list[SpliceEngine] = []  # the running engine, if any

@@ -179,11 +179,12 @@ async def test_a_client_that_stops_reading_holds_the_bytes_back_without_spinning
 async def test_what_an_endpoint_sent_before_hanging_up_all_arrives():
     client, downstream = await connected_pair()
     upstream, endpoint = await connected_pair()
-    # The client reads nothing until the endpoint has gone: with its buffers small, the pipe (256 KiB)
-    # fills and the rest waits in the upstream socket when the hang-up is reported.
-    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # The client reads nothing until the endpoint has gone: its receive buffer (128 KiB), the gateway's
+    # small send buffer and the pipe (256 KiB) fill, and the rest waits in the upstream socket when
+    # the hang-up is reported (the endpoint's large send buffer takes the whole answer at once).
     downstream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    response = os.urandom(350_000)
+    endpoint.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    response = os.urandom(500_000)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: tcp.pump(downstream, upstream, idle_timeout_s=30))
         await client.send_eof()  # the client has nothing to say; the endpoint answers and hangs up
