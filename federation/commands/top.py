@@ -1,5 +1,6 @@
 """`isthmus top`: a live terminal table of services and cluster pairs (rps, success, p99, active
-locality), fed by the control plane's `/api/v1/overview`, the data the dashboard draws.
+locality) and of the linked peers' own summaries (health, last answer, gateways up, their exported
+services' traffic), fed by the control plane's `/api/v1/overview`, the data the dashboard draws.
 
 `--once --json` prints one overview for scripts. Imports httpx and rich; the view model's shape is
 `federation.dashboard.model.MeshModel.overview`.
@@ -104,9 +105,42 @@ def render(overview: dict[str, Any], address: str) -> Any:
                       _num(p["p99_ms"]), Text(state))  # fmt: skip
     parts: list[Any] = [Text(f"isthmus top · {address} · updated {time.strftime('%H:%M:%S')}", style="bold"),
                         services, pairs]  # fmt: skip
+    if overview.get("peers"):
+        parts.append(_peers_table(overview["peers"]))
     for warning in overview.get("warnings", []):
         parts.append(Text(f"! {warning['message']}", style="red" if warning["severity"] == "critical" else "yellow"))
     return Group(*parts)
+
+
+PEER_STYLES = {"ok": "", "degraded": "yellow", "silent": "red", "unknown": "dim"}
+
+
+def _peers_table(peers: list[dict[str, Any]]) -> Any:
+    """Each linked peer's own summary as this control plane last received it; a silent peer's
+    figures are its last good ones, dimmed, with how old they are."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="peers (their own summaries: the services they export to this cluster)", expand=True)
+    for column, justify in (("peer", "left"), ("health", "left"), ("last summary", "right"), ("gateways up", "right"),
+                            ("services", "right"), ("req/s", "right"), ("worst success", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for peer in peers:
+        summary = peer.get("summary") or {}
+        gateways = summary.get("gateways", [])
+        exported = summary.get("services", [])
+        rates = [s["success_rate"] for s in exported if s.get("success_rate") is not None]
+        health = peer["health"] if peer["state"] != "refused" else "refused"
+        age = "never" if peer.get("age_s") is None else f"{peer['age_s']:.0f} s ago"
+        dim = "dim" if not peer.get("current") else ""
+        table.add_row(
+            Text(peer["name"]), Text(health, style=PEER_STYLES.get(peer["health"], "")), Text(age),
+            Text(f"{sum(g['state'] == 'up' for g in gateways)}/{len(gateways)}" if summary else "–", style=dim),
+            Text(str(len(exported)) if summary else "–", style=dim),
+            Text(_num(sum(s["rps"] for s in exported)) if summary else "–", style=dim),
+            Text(_pct(min(rates)) if rates else "–", style=dim),
+        )  # fmt: skip
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
