@@ -41,7 +41,11 @@ encoding, which holds the GIL while it runs); lower `sample_ratio` on a busy gat
 
 Failures: the first failed export is logged on one line naming the endpoint, then failures are
 only counted until an export succeeds again (one more line); the SDK's own per-batch and
-queue-full log lines are dropped. `serve()` flushes on gateway exit, for at most
+queue-full log lines are dropped. Counted in the gateway's registry:
+`isthmus_trace_spans_exported_total` and `isthmus_trace_spans_dropped_total{reason}` with
+`queue-full` (the export thread fell `MAX_QUEUE_SPANS` behind: `submit` refuses the new span
+rather than letting the SDK's queue silently push out an old one) and `export-failed` (the
+collector refused or did not answer the batch). `serve()` flushes on gateway exit, for at most
 `FLUSH_TIMEOUT_S`, and not at all while the collector is known to be down.
 
 Must not import `federation`.
@@ -56,6 +60,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry, Counter
 
 from gateway.config import TracingConfig
 from gateway.errors import ConfigInvalid
@@ -192,9 +197,9 @@ class _QuietSdk(logging.Filter):
 _QUIET = _QuietSdk()
 
 
-def _reporting_exporter(sdk: SimpleNamespace, inner: Any, endpoint: str, service: str) -> Any:
+def _reporting_exporter(sdk: SimpleNamespace, inner: Any, endpoint: str, service: str, counters: Any) -> Any:
     class ReportingExporter(sdk.SpanExporter):
-        """The OTLP exporter, reporting an outage once and its end once."""
+        """The OTLP exporter, reporting an outage once and its end once, counting every span's fate."""
 
         def __init__(self) -> None:
             self.inner = inner
@@ -204,15 +209,20 @@ def _reporting_exporter(sdk: SimpleNamespace, inner: Any, endpoint: str, service
             self._closed = False
 
         def export(self, spans: Sequence[Any]) -> Any:
-            result = self.inner.export(spans)
+            try:
+                result = self.inner.export(spans)
+            except Exception:  # an exporter bug must not leave these spans counted as queued forever
+                result = sdk.SpanExportResult.FAILURE
             if result == sdk.SpanExportResult.SUCCESS:
                 self.exported += len(spans)
+                counters.exported.inc(len(spans))
                 if self.failing:
                     self.failing = False
                     log.warning("tracing: exporting %s spans to %s again (%d spans were lost)",
                                 service, endpoint, self.lost)
             else:
                 self.lost += len(spans)
+                counters.export_failed.inc(len(spans))
                 if not self.failing:
                     self.failing = True
                     log.warning("tracing: cannot export %s spans to %s; requests go on, spans are dropped "
@@ -240,7 +250,8 @@ class SpanExport:
     `exporter` replaces the OTLP exporter (tests pass the SDK's in-memory one).
     """
 
-    def __init__(self, config: TracingConfig, *, cluster: str, exporter: Any = None) -> None:
+    def __init__(self, config: TracingConfig, *, cluster: str, exporter: Any = None,
+                 registry: CollectorRegistry | None = None) -> None:
         sdk = require_sdk()
         self.config = config
         self.cluster = cluster
@@ -256,7 +267,14 @@ class SpanExport:
         if exporter is None:
             exporter = sdk.OTLPSpanExporter(endpoint=self.endpoint, headers=dict(config.headers),
                                             timeout=config.export_timeout_s)
-        self.exporter = _reporting_exporter(sdk, exporter, self.endpoint, self.service_name)
+        dropped = Counter("isthmus_trace_spans_dropped", "Spans not exported, by reason", ("reason",),
+                          registry=registry)
+        self.counters = SimpleNamespace(
+            exported=Counter("isthmus_trace_spans_exported", "Spans the collector accepted", registry=registry),
+            queue_full=dropped.labels("queue-full"), export_failed=dropped.labels("export-failed"),
+        )
+        self.exporter = _reporting_exporter(sdk, exporter, self.endpoint, self.service_name, self.counters)
+        self.submitted = 0  # spans given to the processor (queued, being exported, or done)
         self.processor: Any = None
         self._closed = False
         for name in SDK_LOGGERS:
@@ -278,6 +296,10 @@ class SpanExport:
         processor = self.processor
         if processor is None or record.trace_id is None:
             return
+        if self.submitted - self.exporter.exported - self.exporter.lost >= MAX_QUEUE_SPANS:
+            self.counters.queue_full.inc()  # the export thread is that far behind
+            return
+        self.submitted += 1
         sdk = self._sdk
         trace_id = int(record.trace_id, 16)
         context = sdk.SpanContext(trace_id, int(span_id, 16), False, sdk.SAMPLED)

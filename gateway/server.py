@@ -107,7 +107,7 @@ class Gateway:
         if tracing is not None:
             from gateway.otlp import SpanExport
 
-            self.spans = SpanExport(tracing, cluster=config.cluster)
+            self.spans = SpanExport(tracing, cluster=config.cluster, registry=self.metrics.registry)
         # Route rules, authorization, faults, trace context and access logs (`gateway.request_policy`).
         self.traffic = RequestPolicy(cluster=config.cluster, trust_domain=config.trust_domain, authz=authz,
                                      access_log=access_log, registry=self.metrics.registry,

@@ -1,13 +1,15 @@
 """Span export (`gateway.otlp`) without sockets: what one request's span says, which requests get
-one, and how a failing collector is reported. The SDK's in-memory exporter stands in for OTLP."""
+one, how a failing collector is reported, and how lost spans are counted. The SDK's in-memory exporter stands in for OTLP."""
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 pytest.importorskip("opentelemetry.sdk", reason="the otlp extra is not installed (pip install 'isthmus[otlp]')")
 
@@ -16,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 from gateway.config import TracingConfig  # noqa: E402
-from gateway.otlp import SpanExport, sample_new  # noqa: E402
+from gateway.otlp import MAX_QUEUE_SPANS, SpanExport, sample_new  # noqa: E402
 from gateway.policy.testing import sample_record  # noqa: E402
 from gateway.policy.trace import parse_traceparent  # noqa: E402
 from gateway.request_policy import RequestPolicy  # noqa: E402
@@ -184,3 +186,62 @@ def test_a_collector_outage_is_logged_once_and_its_end_once(caplog):
         "are dropped until it answers (logged once)",
         "tracing: exporting isthmus-east-1 spans to http://127.0.0.1:9/v1/traces again (3 spans were lost)",
     ]
+
+
+def counted(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        "exported": registry.get_sample_value("isthmus_trace_spans_exported_total") or 0.0,
+        "queue-full": registry.get_sample_value("isthmus_trace_spans_dropped_total", {"reason": "queue-full"}) or 0.0,
+        "export-failed": registry.get_sample_value("isthmus_trace_spans_dropped_total",
+                                                   {"reason": "export-failed"}) or 0.0,
+    }  # fmt: skip
+
+
+class StuckCollector(SpanExporter):
+    """Takes no batch until released: the export thread falls behind."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.spans = 0
+
+    def export(self, spans):
+        self.release.wait(30)
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+def test_a_stuck_collector_drops_new_spans_at_the_queue_limit_and_counts_them():
+    registry = CollectorRegistry()
+    collector = StuckCollector()
+    export = SpanExport(TracingConfig(), cluster="east-1", exporter=collector, registry=registry)
+    export.start()
+    extra = 25
+    for _ in range(MAX_QUEUE_SPANS + extra):
+        export.submit(sample_record(), "b7ad6b7169203331", None)
+    assert counted(registry) == {"exported": 0.0, "queue-full": extra, "export-failed": 0.0}
+    collector.release.set()
+    export.shutdown()
+    assert collector.spans == MAX_QUEUE_SPANS  # every span taken in was exported, none pushed out
+    assert counted(registry) == {"exported": MAX_QUEUE_SPANS, "queue-full": extra, "export-failed": 0.0}
+
+
+def test_failed_batches_are_counted_as_dropped_and_a_raising_exporter_does_not_wedge_the_queue():
+    class Raising(SpanExporter):
+        def export(self, spans):
+            raise RuntimeError("exporter bug")
+
+        def shutdown(self) -> None:
+            pass
+
+    registry = CollectorRegistry()
+    export = SpanExport(TracingConfig(), cluster="east-1", exporter=Raising(), registry=registry)
+    export.start()
+    for _ in range(3):
+        export.submit(sample_record(), "b7ad6b7169203331", None)
+        export.flush()
+    export.shutdown()
+    assert counted(registry) == {"exported": 0.0, "queue-full": 0.0, "export-failed": 3.0}
+    assert export.submitted - export.exporter.exported - export.exporter.lost == 0
