@@ -35,6 +35,8 @@ import struct
 
 import h2.config
 import h2.connection
+import h2.events
+import h2.exceptions
 import h2.frame_buffer
 import h2.stream
 import h2.utilities
@@ -45,6 +47,8 @@ import hpack.struct
 import hpack.table
 import hyperframe.flags
 import hyperframe.frame
+from h2.connection import AllowedStreamIDs, ConnectionInputs
+from h2.stream import StreamInputs
 
 _STATIC_TABLE = hpack.table.HeaderTable.STATIC_TABLE
 # Full (name, value) matches are sent as one indexed byte; the first entry wins, as in hpack.
@@ -472,6 +476,35 @@ def serialize_frame(frame: hyperframe.frame.Frame) -> bytes:
     return frame.serialize()
 
 
+def informational(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A 1xx response head (h2's `is_informational_response`, over byte headers)."""
+    for name, value in headers:
+        if name[:1] != b":":
+            return False
+        if name == b":status":
+            return value[:1] == b"1"
+    return False
+
+
+def headers_frames(stream_id: int, block: bytes, end_stream: bool, max_frame_size: int) -> bytes:
+    """A header block as one HEADERS frame, or HEADERS and CONTINUATION frames when it is larger
+    than the peer's frame size (END_STREAM on the first, END_HEADERS on the last)."""
+    stream_id &= 0x7FFFFFFF
+    first_flags = 0x01 if end_stream else 0
+    size = len(block)
+    if size <= max_frame_size:
+        return _HEADER.pack(size >> 8, size & 0xFF, 0x1, first_flags | 0x04, stream_id) + block
+    out = []
+    for start in range(0, size, max_frame_size):
+        piece = block[start:start + max_frame_size]
+        last = start + max_frame_size >= size
+        kind, bits = (0x1, first_flags) if start == 0 else (0x9, 0)
+        if last:
+            bits |= 0x04
+        out.append(_HEADER.pack(len(piece) >> 8, len(piece) & 0xFF, kind, bits, stream_id) + piece)
+    return b"".join(out)
+
+
 class ForwardingH2Connection(h2.connection.H2Connection):
     """`H2Connection` whose open-stream counts are cheap upper bounds.
 
@@ -493,6 +526,72 @@ class ForwardingH2Connection(h2.connection.H2Connection):
             self._data_to_send += serialize_frame(frames[0])
         else:
             self._data_to_send += b"".join([serialize_frame(frame) for frame in frames])
+
+    # HEADERS without hyperframe objects or validation flags (inbound and outbound validation and
+    # normalisation are off in `H2Conn`'s configuration; `check_request_headers` checks instead).
+    # The stream state machine runs exactly as in h2; anything unusual (PRIORITY) takes h2's path.
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]],  # type: ignore[override]
+                     end_stream: bool = False, priority_weight: int | None = None,
+                     priority_depends_on: int | None = None, priority_exclusive: bool | None = None) -> None:
+        if priority_weight is not None or priority_depends_on is not None or priority_exclusive is not None:
+            return super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on,
+                                        priority_exclusive)
+        if stream_id not in self.streams:
+            limit = self.remote_settings.max_concurrent_streams
+            count = self.open_outbound_streams
+            if count + 1 > limit:
+                raise h2.exceptions.TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(self.config.client_side))
+        machine = stream.state_machine
+        headers = utf8_encode_headers(headers)
+        if not machine.client and informational(headers):
+            if end_stream:
+                raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses.")
+            machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS)
+        else:
+            machine.process_input(StreamInputs.SEND_HEADERS)
+        block = self.encoder.encode(headers)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if machine.trailers_sent and not end_stream:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
+        if machine.client and stream._authority is None:
+            stream._authority = h2.utilities.authority_from_headers(headers)
+        stream.request_method = h2.utilities.extract_method_header(headers)
+        self._data_to_send += headers_frames(stream_id, block, end_stream, stream.max_outbound_frame_size)
+
+    def _receive_headers_frame(self, frame: hyperframe.frame.HeadersFrame) -> tuple[list, list]:
+        flags = frame.flags
+        if "PRIORITY" in flags:
+            return super()._receive_headers_frame(frame)
+        if frame.stream_id not in self.streams:
+            limit = self.local_settings.max_concurrent_streams
+            count = self.open_inbound_streams
+            if count + 1 > limit:
+                raise h2.exceptions.TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        headers = h2.connection._decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(frame.stream_id, AllowedStreamIDs(not self.config.client_side))
+        machine = stream.state_machine
+        end_stream = "END_STREAM" in flags
+        if informational(headers):
+            if end_stream:
+                raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses")
+            received = machine.process_input(StreamInputs.RECV_INFORMATIONAL_HEADERS)
+        else:
+            received = machine.process_input(StreamInputs.RECV_HEADERS)
+        first = received[0]
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            first.stream_ended = ended[0]
+            received += ended
+        stream._initialize_content_length(headers)
+        if type(first) is h2.events.TrailersReceived and not end_stream:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
+        first.headers = headers
+        return [], events + received
 
     def _bounded_count(self, remainder: int, limit: int) -> int:
         held = len(self.streams)

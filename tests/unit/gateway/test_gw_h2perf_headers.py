@@ -1,0 +1,108 @@
+"""`ForwardingH2Connection`'s own HEADERS paths (no hyperframe objects, no validation flags) behave
+as h2's: the same bytes on the wire (CONTINUATION included), the same stream states, the same
+events with the same headers, and the same protocol errors."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.h2tuning import ForwardingDecoder, ForwardingEncoder, ForwardingH2Connection
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"echo.demo"), (b":path", b"/")]
+names = st.sampled_from([b"x-a", b"content-type", b"x-request-id", b"authorization", b"user-agent", b"te"])
+values = st.binary(max_size=40).map(lambda b: bytes(c % 26 + 97 for c in b))
+extra_headers = st.lists(st.tuples(names, values), max_size=8)
+
+
+def config(client_side: bool) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(
+        client_side=client_side, header_encoding=None, validate_outbound_headers=False,
+        normalize_outbound_headers=False, split_outbound_cookies=False, validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+    )  # fmt: skip
+
+
+def pair(client_side: bool) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """(ours, h2's own) with the same configuration and codec."""
+    out = []
+    for cls in (ForwardingH2Connection, h2.connection.H2Connection):
+        conn = cls(config=config(client_side))
+        conn.encoder = ForwardingEncoder()
+        conn.decoder = ForwardingDecoder()
+        conn.initiate_connection()
+        conn.data_to_send()
+        out.append(conn)
+    return out[0], out[1]
+
+
+def summary(events: list) -> list:
+    return [(type(e).__name__, getattr(e, "stream_id", None), getattr(e, "headers", None),
+             getattr(e, "stream_ended", None) is not None) for e in events]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(extra=extra_headers, end_stream=st.booleans(), big=st.sampled_from([0, 20_000, 40_000]))
+def test_a_client_sends_the_same_bytes_and_ends_in_the_same_state(extra, end_stream, big):
+    ours, theirs = pair(client_side=True)
+    headers = REQUEST + extra + ([(b"x-big", b"b" * big)] if big else [])
+    for conn in (ours, theirs):
+        conn.send_headers(1, headers, end_stream=end_stream)
+        if not end_stream:
+            conn.send_headers(1, [(b"x-trailer", b"1")], end_stream=True)  # trailers
+    assert ours.data_to_send() == theirs.data_to_send()
+    assert ours.streams[1].state_machine.state == theirs.streams[1].state_machine.state
+    assert ours.streams[1]._authority == theirs.streams[1]._authority == b"echo.demo"
+
+
+@settings(max_examples=150, deadline=None)
+@given(extra=extra_headers, end_stream=st.booleans(), informational=st.booleans(), big=st.sampled_from([0, 40_000]))
+def test_a_server_receives_and_answers_with_the_same_events_bytes_and_states(extra, end_stream, informational, big):
+    client = h2.connection.H2Connection(config=config(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, REQUEST + extra + ([(b"x-big", b"b" * big)] if big else []), end_stream=end_stream)
+    if not end_stream:
+        client.send_data(1, b"body", end_stream=True)
+    wire = client.data_to_send()
+    ours, theirs = pair(client_side=False)
+    got = [conn.receive_data(wire) for conn in (ours, theirs)]
+    assert summary(got[0]) == summary(got[1])
+    response = ([(b":status", b"100")] if informational else []), [(b":status", b"200"), (b"x-b", b"2")]
+    for conn in (ours, theirs):
+        conn.data_to_send()
+        for block in response:
+            if block:
+                conn.send_headers(1, block, end_stream=False)
+        conn.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    assert ours.data_to_send() == theirs.data_to_send()
+    assert ours.streams[1].state_machine.state == theirs.streams[1].state_machine.state
+
+
+def test_the_protocol_errors_are_h2s():
+    for client_side, first in ((False, [(b":status", b"100")]), (True, REQUEST)):
+        for conn in pair(client_side):
+            if client_side:
+                conn.send_headers(1, first, end_stream=True)
+                with pytest.raises(h2.exceptions.ProtocolError):
+                    conn.send_headers(1, [(b"x", b"y")], end_stream=False)  # the stream is half-closed
+            else:
+                client = h2.connection.H2Connection(config=config(client_side=True))
+                client.initiate_connection()
+                client.send_headers(1, REQUEST, end_stream=True)
+                conn.receive_data(client.data_to_send())
+                with pytest.raises(h2.exceptions.ProtocolError, match="informational"):
+                    conn.send_headers(1, first, end_stream=True)
+
+
+def test_a_stream_beyond_the_peers_limit_is_refused_as_h2_refuses_it():
+    for conn in pair(client_side=True):
+        conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 1
+        conn.remote_settings.acknowledge()
+        conn.send_headers(1, REQUEST)
+        with pytest.raises(h2.exceptions.TooManyStreamsError):
+            conn.send_headers(3, REQUEST)
