@@ -135,6 +135,10 @@ class Counts:
     # True when the attempt loop's own scope already ends the wait for the head at the try's
     # deadline (a body-less request: sent at once, so "from the end of the body" is "from the start").
     head_deadline_set: bool = False
+    # The attempt loop's scope for the try: an HTTP/2 response body's idle timeout moves its deadline
+    # (one scope per try rather than one more per response) and sets `body_idle_s` when it does.
+    try_scope: trio.CancelScope | None = None
+    body_idle_s: float | None = None
 
 
 def error_body(status: int, reason: str) -> bytes:
@@ -373,6 +377,7 @@ class Proxy:
                 via_gateway = endpoint.cluster != table.cluster
                 counts.head_deadline_set = deadline is not None and replay is None
                 scope = trio.CancelScope(deadline=deadline if counts.head_deadline_set else math.inf)
+                counts.try_scope, counts.body_idle_s = scope, None
                 finished: list[bool] = []
 
                 def on_head(status: int, reason: str, via_gateway: bool = via_gateway,
@@ -391,6 +396,8 @@ class Proxy:
                     with scope:
                         status, reason = await self._forward(table, service, endpoint, try_req, responder, counts)
                     if scope.cancelled_caught:
+                        if counts.body_idle_s is not None:
+                            raise UpstreamTimeout(f"response body idle for {counts.body_idle_s:g}s")
                         raise UpstreamTimeout(f"no response from {endpoint.id} within {counts.try_timeout_s:.3g}s")
                 except ResponseHeld as held:
                     self.metrics.record_retry(service.key, held.reason or str(held.status))
@@ -531,30 +538,33 @@ class Proxy:
                 await responder.start(status, headers, end_stream=True)
                 return status, reason
             await responder.start(status, headers, end_stream=False)
-            # One scope for the whole body, its deadline pushed on by each chunk (idle timeout), moved
-            # only when it would move by more than 1 % of the timeout: setting a deadline costs more
-            # than relaying a small chunk.
+            # The try's scope (`Counts.try_scope`, the attempt loop's) bounds the body, its deadline
+            # pushed on by each chunk (idle timeout), moved only when it would move by more than 1 %
+            # of the timeout: setting a deadline costs more than relaying a small chunk. Its expiry
+            # ends the try with "response body idle".
             idle_s = self.idle_timeout_s
             slack_s = min(1.0, idle_s / 100)
-            with trio.CancelScope(deadline=trio.current_time() + idle_s) as scope:
-                while True:
-                    deadline = trio.current_time() + idle_s
-                    if deadline - scope.deadline > slack_s:
-                        scope.deadline = deadline
-                    chunk = await stream.receive_chunk()
-                    if chunk is None:
-                        break
-                    counts.response_bytes += len(chunk)
-                    last = stream.finished and not stream.trailers
-                    await responder.data(chunk, end_stream=last)
-                    if last:
-                        return status, reason
-                if stream.trailers:
-                    await responder.trailers(strip_hop_by_hop(stream.trailers, keep_te_trailers=False))
-                else:
-                    await responder.end()
-                return status, reason
-            raise UpstreamTimeout(f"response body idle for {self.idle_timeout_s}s")
+            scope = counts.try_scope
+            assert scope is not None, "set by the attempt loop, the only way here"
+            counts.body_idle_s = idle_s
+            scope.deadline = trio.current_time() + idle_s
+            while True:
+                deadline = trio.current_time() + idle_s
+                if deadline - scope.deadline > slack_s:
+                    scope.deadline = deadline
+                chunk = await stream.receive_chunk()
+                if chunk is None:
+                    break
+                counts.response_bytes += len(chunk)
+                last = stream.finished and not stream.trailers
+                await responder.data(chunk, end_stream=last)
+                if last:
+                    return status, reason
+            if stream.trailers:
+                await responder.trailers(strip_hop_by_hop(stream.trailers, keep_te_trailers=False))
+            else:
+                await responder.end()
+            return status, reason
         except StreamReset as exc:
             if isinstance(exc, ConnectionGone) and not responder.started and not counts.request_bytes \
                     and exc.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:

@@ -41,7 +41,8 @@ WEST = Locality("eu-west", "eu-west-1a")
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """/echo streams the request body back; /headers returns the request headers as JSON;
-    /bytes/N sends N bytes; /slow/S answers after S seconds; /status/N answers N."""
+    /bytes/N sends N bytes; /slow/S answers after S seconds; /stall/S sends the head and a first
+    chunk, then the rest S seconds later; /status/N answers N."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -90,6 +91,11 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await trio.sleep(float(path.rsplit("/", 1)[1]))
         await send({"type": "http.response.start", "status": 200, "headers": base_headers})
         await send({"type": "http.response.body", "body": b"slow"})
+    elif path.startswith("/stall/"):
+        await send({"type": "http.response.start", "status": 200, "headers": base_headers})
+        await send({"type": "http.response.body", "body": b"first part, ", "more_body": True})
+        await trio.sleep(float(path.rsplit("/", 1)[1]))
+        await send({"type": "http.response.body", "body": b"the rest"})
     elif path.startswith("/status/"):
         await send({"type": "http.response.start", "status": int(path.rsplit("/", 1)[1]), "headers": base_headers})
         await send({"type": "http.response.body", "body": b""})

@@ -312,6 +312,19 @@ async def test_upstream_timeout_is_504_not_a_hang(gateway_pki):
     assert response.headers["x-isthmus-reason"] == "upstream-timeout"
 
 
+async def test_a_response_body_that_stalls_ends_at_the_idle_timeout(gateway_pki):
+    """The peer gateway's answer started and then went quiet: east-1 gives up after its idle
+    timeout (not the upstream's 3 s), cuts the response and counts a timeout."""
+    from tests.integration.gateway.support import metric_value, open_topology
+
+    async with open_topology(gateway_pki, east_settings={"idle_timeout_s": 0.5}) as topo:
+        async with httpx.AsyncClient(base_url=topo.outbound, timeout=10) as client:
+            with trio.fail_after(2.5):
+                with pytest.raises(httpx.TransportError):
+                    await client.get("/stall/3", headers={"host": "echo.demo"})
+        assert metric_value(topo.east, "isthmus_timeouts_total", destination_service="echo.demo") == 1
+
+
 async def test_unknown_peer_cluster_is_503_cluster_unknown(gateway_pki):
     import attrs
 
