@@ -4,6 +4,7 @@ pipes it opened are closed when it returns (the fd count is back where it was)."
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -113,6 +114,7 @@ needs_splice = pytest.mark.skipif(not splice.available(), reason="os.splice is L
 
 @needs_splice
 async def test_many_pairs_at_once_arrive_byte_exact_and_the_engine_stops_after_the_last():
+    gc.collect()  # sockets an earlier test left to the collector must not close mid-test and hide a leak
     baseline = open_fds()
 
     async def one_pair(size: int) -> None:
@@ -143,6 +145,7 @@ async def test_many_pairs_at_once_arrive_byte_exact_and_the_engine_stops_after_t
             for index in range(12):
                 nursery.start_soon(one_pair, 100_000 * (index + 1))
     assert engine_threads() == []
+    gc.collect()
     assert open_fds() == baseline
 
 
