@@ -495,10 +495,16 @@ class H2Conn:
                     raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
                 await self._wait_window()
                 continue
-            n = min(window, total - sent, h2conn.max_outbound_frame_size)
+            n = min(window, total - sent)
             chunk = data if n == total else data[sent : sent + n]
             sent += n
-            self._send_frame(stream_id, chunk, end_stream and sent == total)
+            if self.closed:
+                raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
+            try:  # as many frames as the window allows, in one call (`ForwardingH2Connection.send_data_run`)
+                h2conn.send_data_run(stream_id, chunk, end_stream and sent == total)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                raise StreamReset(h2.errors.ErrorCodes.STREAM_CLOSED, "stream closed") from None
+            self._flush_soon()
 
     def _send_frame(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self.closed:

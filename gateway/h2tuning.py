@@ -562,6 +562,37 @@ class ForwardingH2Connection(h2.connection.H2Connection):
         stream.request_method = h2.utilities.extract_method_header(headers)
         self._data_to_send += headers_frames(stream_id, block, end_stream, stream.max_outbound_frame_size)
 
+    def send_data_run(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Send `data` (non-empty, within both flow-control windows) as consecutive DATA frames of
+        the peer's frame size, END_STREAM on the last: the bytes, windows and states of calling h2's
+        `send_data` once per frame, with the state machines run once (a DATA frame does not move
+        them) and no frame objects."""
+        size = len(data)
+        window = self.local_flow_control_window(stream_id)  # StreamClosedError for a closed stream
+        if size > window:
+            raise h2.exceptions.FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream = self.streams[stream_id]
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        stream_id &= 0x7FFFFFFF
+        frame_size = self.max_outbound_frame_size
+        if size <= frame_size:
+            self._data_to_send += _HEADER.pack(size >> 8, size & 0xFF, 0x0, 0x01 if end_stream else 0, stream_id)
+            self._data_to_send += data
+            return
+        view = memoryview(data)
+        out = self._data_to_send
+        for start in range(0, size, frame_size):
+            piece = view[start:start + frame_size]
+            flags = 0x01 if end_stream and start + frame_size >= size else 0
+            out += _HEADER.pack(len(piece) >> 8, len(piece) & 0xFF, 0x0, flags, stream_id)
+            out += piece
+
     def _receive_headers_frame(self, frame: hyperframe.frame.HeadersFrame) -> tuple[list, list]:
         flags = frame.flags
         if "PRIORITY" in flags:

@@ -1,6 +1,7 @@
-"""`ForwardingH2Connection`'s own HEADERS paths (no hyperframe objects, no validation flags) behave
-as h2's: the same bytes on the wire (CONTINUATION included), the same stream states, the same
-events with the same headers, and the same protocol errors."""
+"""`ForwardingH2Connection`'s own HEADERS and DATA paths (no hyperframe objects, no validation flags,
+a run of DATA frames in one call) behave as h2's: the same bytes on the wire (CONTINUATION
+included), the same windows and stream states, the same events with the same headers, and the same
+protocol errors."""
 
 from __future__ import annotations
 
@@ -106,3 +107,42 @@ def test_a_stream_beyond_the_peers_limit_is_refused_as_h2_refuses_it():
         conn.send_headers(1, REQUEST)
         with pytest.raises(h2.exceptions.TooManyStreamsError):
             conn.send_headers(3, REQUEST)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 70_000), min_size=1, max_size=4), end_stream=st.booleans(),
+       frame_size=st.sampled_from([16_384, 20_000, 65_536]))
+def test_a_run_of_data_frames_is_what_h2_sends_frame_by_frame(sizes, end_stream, frame_size):
+    ours, theirs = pair(client_side=True)
+    for conn in (ours, theirs):
+        conn.remote_settings[h2.settings.SettingCodes.MAX_FRAME_SIZE] = frame_size
+        conn.remote_settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = 1 << 20
+        conn.remote_settings.acknowledge()
+        conn.max_outbound_frame_size = frame_size  # what receiving the peer's SETTINGS does
+        conn.outbound_flow_control_window = 1 << 20
+        conn.send_headers(1, REQUEST)
+    for index, size in enumerate(sizes):
+        last = end_stream and index == len(sizes) - 1
+        data = bytes([index % 251]) * size
+        ours.send_data_run(1, data, last)
+        for start in range(0, size, frame_size):  # h2's own way: one call per frame
+            theirs.send_data(1, data[start:start + frame_size], end_stream=last and start + frame_size >= size)
+    assert ours.data_to_send() == theirs.data_to_send()
+    assert ours.streams[1].outbound_flow_control_window == theirs.streams[1].outbound_flow_control_window
+    assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+    assert ours.streams[1].state_machine.state == theirs.streams[1].state_machine.state
+
+
+def test_a_data_run_beyond_the_window_or_after_the_stream_ended_is_refused_as_h2_refuses_it():
+    ours, theirs = pair(client_side=True)
+    for conn in (ours, theirs):
+        conn.send_headers(1, REQUEST)
+    with pytest.raises(h2.exceptions.FlowControlError):
+        ours.send_data_run(1, b"x" * 70_000, False)  # the initial window is 65,535
+    ours.send_data_run(1, b"x", True)
+    theirs.send_data(1, b"x", end_stream=True)
+    for send in (lambda: ours.send_data_run(1, b"y", False), lambda: theirs.send_data(1, b"y")):
+        with pytest.raises(h2.exceptions.ProtocolError, match="SEND_DATA"):
+            send()
+    with pytest.raises(h2.exceptions.NoSuchStreamError):
+        ours.send_data_run(9, b"z", False)  # a stream that never was
