@@ -34,7 +34,6 @@ import select
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import attrs
@@ -109,10 +108,9 @@ class Direction:
             return False
         return True
 
-    def read(self) -> int:
-        """Take what src has into the pipe and pass it on; the bytes taken. After a hang-up (no
-        event will come for src again) it keeps going until src is empty or dst would block."""
-        taken = 0
+    def read(self) -> None:
+        """Take what src has into the pipe and pass it on. After a hang-up (no event will come for
+        src again) it keeps going until src is empty or dst would block."""
         while not self.done and not self.pending:
             try:
                 got = SPLICE(self.src_fd, self.write_end, PIPE_SIZE, None, None, SPLICE_FLAGS)
@@ -125,11 +123,9 @@ class Direction:
                 self.eof = True
             self.pending += got
             self.moved += got
-            taken += got
             self.flush()
             if not self.hung_up:
                 break
-        return taken
 
     def finish(self) -> None:
         if not self.done:
@@ -147,7 +143,6 @@ class SplicedPair:
     fds: tuple[int, int]  # downstream's, upstream's (kept: the caller may close the sockets first)
     notify: Callable[[], None]  # called once, from the engine's thread, when both directions have ended
     settled: bool = True  # both sockets' interest is plain read (no direction waiting or ended)
-    touched: float = 0.0  # time.monotonic() of the last byte either way (the caller's idle timeout)
 
     @property
     def done(self) -> bool:
@@ -185,7 +180,7 @@ class SpliceEngine:
             raise
         up = Direction(downstream, upstream, pipes[0], pipes[1])
         down = Direction(upstream, downstream, pipes[2], pipes[3])
-        pair = SplicedPair(up, down, (downstream.fileno(), upstream.fileno()), notify, touched=time.monotonic())
+        pair = SplicedPair(up, down, (downstream.fileno(), upstream.fileno()), notify)
         with self._lock:
             self._sockets[pair.fds[0]] = (pair, up, down)
             self._sockets[pair.fds[1]] = (pair, down, up)
@@ -243,24 +238,19 @@ class SpliceEngine:
     def serve_ready(self, events: list[tuple[int, int]]) -> None:
         """Serve one batch of ready sockets (the engine's lock held)."""
         self.wakeups += 1
-        now = time.monotonic()
         for fd, flags in events:
             entry = self._sockets.get(fd)
             if entry is None:
                 continue
             pair, reading, writing = entry
             try:
-                moved = 0
                 if writing.pending and writing.flush():
-                    moved += writing.read()  # room again: resume the direction that waited
-                moved += reading.read()
+                    writing.read()  # room again: resume the direction that waited
+                reading.read()
                 if flags & GONE:
                     self._gone(fd, flags, reading, writing)
             except Exception:  # never let one pair stop the engine (and with it the gateway)
                 pair.fail()
-                moved = 0
-            if moved:
-                pair.touched = now
             if pair.settled and not (reading.pending or writing.pending or reading.eof or writing.eof
                                      or reading.done or writing.done):
                 continue  # the common case: bytes passed straight through, interest unchanged

@@ -14,7 +14,6 @@ stream API.
 from __future__ import annotations
 
 import socket
-import time
 
 import attrs
 import trio
@@ -111,16 +110,18 @@ async def _pump_spliced(down: socket.socket, up: socket.socket, counts: PumpCoun
     finished = trio.Event()
     engine, pair = splice.add(down, up, lambda: token.run_sync_soon(finished.set))
     try:
-        seen = -1
+        # The engine's thread has no trio clock: idleness is the byte counts standing still, looked
+        # at every eighth of the timeout on this run's clock.
+        seen, seen_at = 0, trio.current_time()
         while True:
-            moved = pair.up.moved + pair.down.moved
-            if moved == seen:
-                return  # not a byte either way for a whole idle timeout
-            seen = moved
-            quiet_s = time.monotonic() - pair.touched  # the engine's clock: already quiet this long
-            with trio.move_on_after(max(idle_timeout_s - quiet_s, idle_timeout_s / 8)):
+            with trio.move_on_after(idle_timeout_s / 8):
                 await finished.wait()
                 return
+            moved, now = pair.up.moved + pair.down.moved, trio.current_time()
+            if moved != seen:
+                seen, seen_at = moved, now
+            elif now - seen_at >= idle_timeout_s:
+                return  # not a byte either way for the idle timeout
     finally:
         splice.remove(engine, pair)
         counts.sent += pair.up.moved
