@@ -481,7 +481,7 @@ class H2Conn:
         """Send `data`, waiting for flow-control window as needed; `end_stream` on the last frame."""
         h2conn = self.h2
         if not data:
-            self._send_frame(stream_id, b"", end_stream)
+            self._send_frames(stream_id, b"", end_stream)
             return
         sent = 0
         total = len(data)
@@ -498,19 +498,14 @@ class H2Conn:
             n = min(window, total - sent)
             chunk = data if n == total else data[sent : sent + n]
             sent += n
-            if self.closed:
-                raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
-            try:  # as many frames as the window allows, in one call (`ForwardingH2Connection.send_data_run`)
-                h2conn.send_data_run(stream_id, chunk, end_stream and sent == total)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                raise StreamReset(h2.errors.ErrorCodes.STREAM_CLOSED, "stream closed") from None
-            self._flush_soon()
+            self._send_frames(stream_id, chunk, end_stream and sent == total)
 
-    def _send_frame(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+    def _send_frames(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """`data` (within the window) as DATA frames of the peer's frame size, in one call."""
         if self.closed:
             raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
         try:
-            self.h2.send_data(stream_id, data, end_stream=end_stream)
+            self.h2.send_data_run(stream_id, data, end_stream)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             raise StreamReset(h2.errors.ErrorCodes.STREAM_CLOSED, "stream closed") from None
         self._flush_soon()

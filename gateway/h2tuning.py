@@ -563,14 +563,15 @@ class ForwardingH2Connection(h2.connection.H2Connection):
         self._data_to_send += headers_frames(stream_id, block, end_stream, stream.max_outbound_frame_size)
 
     def send_data_run(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        """Send `data` (non-empty, within both flow-control windows) as consecutive DATA frames of
-        the peer's frame size, END_STREAM on the last: the bytes, windows and states of calling h2's
-        `send_data` once per frame, with the state machines run once (a DATA frame does not move
-        them) and no frame objects."""
+        """Send `data` (within both flow-control windows) as consecutive DATA frames of the peer's
+        frame size, END_STREAM on the last (empty `data`: one empty frame): the bytes, windows and
+        states of calling h2's `send_data` once per frame, with the state machines run once (a DATA
+        frame does not move them) and no frame objects."""
         size = len(data)
-        window = self.local_flow_control_window(stream_id)  # StreamClosedError for a closed stream
-        if size > window:
-            raise h2.exceptions.FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
+        if size:  # as h2: an empty frame is not flow-controlled
+            window = self.local_flow_control_window(stream_id)  # StreamClosedError for a closed stream
+            if size > window:
+                raise h2.exceptions.FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
         self.state_machine.process_input(ConnectionInputs.SEND_DATA)
         stream = self.streams[stream_id]
         machine = stream.state_machine
