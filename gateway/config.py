@@ -59,9 +59,17 @@ def _loopback(field: str, value: str) -> None:
     raise ConfigInvalid(f"{field}: {value!r} must be a loopback address (it serves local workloads only)")
 
 
-def _positive_seconds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigInvalid(f"gateway.{attribute.name}: {value!r} is not a positive number of seconds")
+def _positive_seconds_in(table: str) -> Any:
+    """An attrs validator for a positive, finite number of seconds in `[table]`."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigInvalid(f"{table}.{attribute.name}: {value!r} is not a positive number of seconds")
+
+    return check
+
+
+_positive_seconds = _positive_seconds_in("gateway")
 
 
 def _positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -269,9 +277,7 @@ def _sample_ratio(value: Any) -> float:
     return float(value)
 
 
-def _tracing_seconds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigInvalid(f"tracing.{attribute.name}: {value!r} is not a positive number of seconds")
+_tracing_seconds = _positive_seconds_in("tracing")
 
 
 def _tracing_headers(value: Any) -> Mapping[str, str]:
