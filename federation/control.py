@@ -510,7 +510,7 @@ class ControlPlane:
                         if len(body) > MAX_SUMMARY_BYTES:
                             break  # decode_summary refuses it, naming the size
                     if response.status_code != 200:
-                        error = f"HTTP {response.status_code}: {_error_text_of(body)}"
+                        error = f"HTTP {response.status_code}: {_error_text(body)}"
         except (httpx.HTTPError, OSError, StreamBroken, trio.TooSlowError) as exc:
             error = f"{url}: {_describe(exc) if not isinstance(exc, trio.TooSlowError) else 'no answer within 5 s'}"
         if error:
@@ -546,7 +546,7 @@ class ControlPlane:
         except (httpx.HTTPError, StreamBroken) as exc:
             raise PeeringFailed(f"cannot reach {token.cluster}'s control plane at {token.control}: {_describe(exc)}") from None
         if response.status_code != 200:
-            raise PeeringFailed(f"{token.cluster} refused the registration: {_error_text(response)}")
+            raise PeeringFailed(f"{token.cluster} refused the registration: {_error_text(response.content)}")
         expected = f"spiffe://{token.trust_domain}/cluster/{token.cluster}/"
         if identity is None or not identity.startswith(expected):
             raise PeeringFailed(f"{token.control} presented {identity}, not an identity of cluster {token.cluster}")
@@ -855,14 +855,7 @@ def _describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error", response.text))
-    except ValueError:
-        return response.text[:200]
-
-
-def _error_text_of(body: bytes) -> str:
+def _error_text(body: bytes) -> str:
     """The one-line reason in an error answer (`{"error": ...}` or text), short."""
     try:
         data = json.loads(body)
