@@ -476,16 +476,6 @@ def serialize_frame(frame: hyperframe.frame.Frame) -> bytes:
     return frame.serialize()
 
 
-def informational(headers: list[tuple[bytes, bytes]]) -> bool:
-    """A 1xx response head (h2's `is_informational_response`, over byte headers)."""
-    for name, value in headers:
-        if name[:1] != b":":
-            return False
-        if name == b":status":
-            return value[:1] == b"1"
-    return False
-
-
 def headers_frames(stream_id: int, block: bytes, end_stream: bool, max_frame_size: int) -> bytes:
     """A header block as one HEADERS frame, or HEADERS and CONTINUATION frames when it is larger
     than the peer's frame size (END_STREAM on the first, END_HEADERS on the last)."""
@@ -546,7 +536,7 @@ class ForwardingH2Connection(h2.connection.H2Connection):
         stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(self.config.client_side))
         machine = stream.state_machine
         headers = utf8_encode_headers(headers)
-        if not machine.client and informational(headers):
+        if not machine.client and h2.utilities.is_informational_response(headers):
             if end_stream:
                 raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses.")
             machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS)
@@ -608,7 +598,7 @@ class ForwardingH2Connection(h2.connection.H2Connection):
         stream = self._get_or_create_stream(frame.stream_id, AllowedStreamIDs(not self.config.client_side))
         machine = stream.state_machine
         end_stream = "END_STREAM" in flags
-        if informational(headers):
+        if h2.utilities.is_informational_response(headers):
             if end_stream:
                 raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses")
             received = machine.process_input(StreamInputs.RECV_INFORMATIONAL_HEADERS)
