@@ -1,9 +1,11 @@
-"""The admin listener (loopback only): `/metrics`, `/ready`, `/healthz`, `/catalog`.
+"""The admin listener (loopback only): `/metrics`, `/ready`, `/healthz`, `/catalog`, `/certs`.
 
 A tiny HTTP/1.1 server over h11: one request per connection, GET only; a route is a function of
 the request headers (`/metrics` answers in the format `Accept` prefers, `gateway.exposition`). `/ready` is 200 once the
 first catalog is in force and every listener is bound, and 503 while draining; `/catalog` is the
-JSON of the catalog the gateway currently believes (`registry.codec` shape) with its state.
+JSON of the catalog the gateway currently believes (`registry.codec` shape) with its state; `/certs`
+the leaf the gateway presents in new handshakes (`certificate_summary`), which changes when SIGHUP
+makes it take up a reissued identity (Envoy's admin port has the same page under the same name).
 
 A response of `GZIP_MIN_BYTES` or more is sent gzip-compressed (fastest level) when the request's
 `Accept-Encoding` accepts gzip, as Prometheus' scraper always does: a `/metrics` of a gateway with
@@ -83,7 +85,7 @@ async def serve_admin_connection(stream: trio.abc.Stream, routes: dict[bytes, Ad
         if event.method not in (b"GET", b"HEAD"):
             status, ctype, body = 405, b"text/plain", b"method not allowed\n"
         elif handler is None:
-            status, ctype, body = 404, b"text/plain", b"not found: try /metrics /ready /healthz /catalog\n"
+            status, ctype, body = 404, b"text/plain", b"not found: try /metrics /ready /healthz /catalog /certs\n"
         else:
             status, ctype, body = handler(event.headers)
         if len(body) >= GZIP_IN_THREAD_BYTES and accepts_gzip(event.headers):  # zlib lets go of the GIL: listeners keep serving meanwhile
@@ -97,6 +99,24 @@ async def serve_admin_connection(stream: trio.abc.Stream, routes: dict[bytes, Ad
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
         await stream.send_all(data)
+
+
+def certificate_summary(identity: Any) -> dict[str, Any]:
+    """What `/certs` says about a `certs.store.Identity`: who, which leaf, how long it is valid."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "identity": str(identity.spiffe_id),
+        "serial": format(identity.serial_number, "x"),
+        "sha256": identity.certificate.fingerprint(hashes.SHA256()).hex(),
+        "not_before": identity.not_before.isoformat(),
+        "not_after": identity.not_after.isoformat(),
+        "expires_in_s": round((identity.not_after - now).total_seconds()),
+        "chain": str(identity.chain_path),
+    }
 
 
 def json_body(value: Any) -> bytes:

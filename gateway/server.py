@@ -31,7 +31,7 @@ import trio
 
 from certs.errors import IdentityRejected
 from certs.tls import classify_handshake_error, peer_identity
-from gateway.admin import AdminRoute, Headers, json_body, serve_admin_connection
+from gateway.admin import AdminRoute, Headers, certificate_summary, json_body, serve_admin_connection
 from gateway.authz import AuthzPolicy
 from gateway.catalog_source import CatalogSource
 from gateway.config import GatewayConfig, TracingConfig
@@ -85,6 +85,7 @@ class _Contexts:
     def __init__(self, identity: Any, bundle: Any) -> None:
         from certs.tls import client_context, server_context
 
+        self.identity = identity
         self.server = server_context(identity, bundle)
         self.client = client_context(identity, bundle)
 
@@ -487,7 +488,11 @@ class Gateway:
             }
             return 200, b"application/json", json_body(body)
 
-        return {b"/metrics": metrics, b"/ready": ready, b"/healthz": healthz, b"/catalog": catalog}
+        def certs(headers: Headers) -> tuple[int, bytes, bytes]:
+            return 200, b"application/json", json_body(certificate_summary(self.contexts.identity))
+
+        return {b"/metrics": metrics, b"/ready": ready, b"/healthz": healthz, b"/catalog": catalog,
+                b"/certs": certs}
 
 
 async def serve_gateway(

@@ -20,10 +20,11 @@ order) and is what a drill runs in `finally`, Ctrl-C included.
 - `brownout`: SIGUSR1 to a fraction of a zone's endpoints (they answer `delay_ms` late), SIGUSR2 restores.
 - `flapping`: the zone's endpoints are killed and restarted every `period_s / 2` until the fault ends.
 - `cert-rotation`: the cluster's gateway identity is reissued (`certs.pki.issue_identity`) and the running
-  gateway takes it up. A gateway that catches SIGHUP swaps its contexts in place (open connections keep
-  the context they were accepted with); today's `isthmus gateway` does not, so the fault falls back to a
-  graceful restart: SIGTERM (the old process stops accepting and drains its open connections, which keep
-  the old certificate) and the same argv respawned as soon as its ports are free.
+  gateway takes it up. `isthmus gateway` catches SIGHUP and swaps its contexts in place (open connections
+  keep the context they were accepted with); the fault is in force once the gateway's admin `/certs`
+  names the new leaf's serial (a SIGHUP is handled asynchronously). A gateway that does not catch SIGHUP
+  gets a graceful restart instead: SIGTERM (the old process stops accepting and drains its open
+  connections, which keep the old certificate) and the same argv respawned as soon as its ports are free.
 - `cert-expired`: the gateway's leaf is replaced by one that expired an hour ago and the gateway takes it
   up the same way; every new handshake to (and from) it fails, so callers must route around the cluster.
   Restore issues a fresh leaf and takes it up again.
@@ -67,6 +68,8 @@ Undo = Callable[[], Awaitable[None] | object]
 IPTABLES_FAULTS = ("partition", "link-loss", "link-latency")
 # A restarted gateway binds its ports again once the old process has let go of them.
 PORT_RELEASE_DEADLINE_S = 15.0
+# A gateway sent SIGHUP presents the reissued leaf within this (it reads three files and builds two contexts).
+RELOAD_DEADLINE_S = 10.0
 GATEWAY_START_DEADLINE_S = 30.0
 
 
@@ -412,6 +415,7 @@ class Injector:
         pid = self.state.processes[role]["pid"]
         if processes.alive(pid) and catches(pid, signal.SIGHUP):
             os.kill(pid, signal.SIGHUP)  # the gateway swaps its contexts; open connections keep theirs
+            await self._wait_presenting(cluster)
             return "reloaded"
         # Graceful restart: the old process stops accepting and drains; the new one binds the freed ports.
         info = self._cluster(cluster)
@@ -429,6 +433,34 @@ class Injector:
         except DemoError as exc:
             raise FaultFailed(f"{cluster}'s gateway did not come back after the restart: {exc}") from None
         return "restarted"
+
+    async def _wait_presenting(self, cluster: str) -> None:
+        """Poll the gateway's admin `/certs` until it names the leaf now on disk."""
+        import httpx
+
+        from certs.errors import CertsError
+        from certs.store import load_identity
+
+        info = self._cluster(cluster)
+        try:
+            wanted = format(load_identity(info["pki_dir"], cluster, "gateway").serial_number, "x")
+        except (CertsError, OSError) as exc:
+            raise FaultFailed(f"reading {cluster}'s reissued gateway identity: {exc}") from None
+        last = "no answer"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            with trio.move_on_after(RELOAD_DEADLINE_S):
+                while True:
+                    try:
+                        response = await client.get(f"http://{info['admin']}/certs")
+                        serial = response.json().get("serial") if response.status_code == 200 else None
+                        if serial == wanted:
+                            return
+                        last = f"serial {serial}" if serial else f"HTTP {response.status_code}"
+                    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                        last = type(exc).__name__
+                    await trio.sleep(0.05)
+        raise FaultFailed(f"{cluster}'s gateway still does not present the reissued leaf (serial {wanted}) "
+                          f"{RELOAD_DEADLINE_S:.0f} s after SIGHUP (admin /certs: {last}); see its log")
 
     # -- faults --------------------------------------------------------------------------------------
 

@@ -40,7 +40,11 @@ def write_config(directory: Path, pki_dir: Path, *, extra: str = "", catalog_fil
     return path
 
 
-def write_catalog(path: Path, upstream_port: int, revision: int = 1) -> None:
+WEST_1_PEER = {"name": "west-1", "region": "eu-west", "zones": ["eu-west-1a"], "gateway": "127.0.0.1:9"}
+
+
+def write_catalog(path: Path, upstream_port: int, revision: int = 1, *, link_west: bool = False) -> None:
+    """The catalog file; `link_west` links west-1, so its gateway identity is let in on the east-west listener."""
     path.write_text(json.dumps({
         "cluster": "east-1",
         "revision": revision,
@@ -48,6 +52,7 @@ def write_catalog(path: Path, upstream_port: int, revision: int = 1) -> None:
         "endpoints": [{"service": "echo.demo", "cluster": "east-1", "address": "127.0.0.1",
                        "port": upstream_port, "locality": "us-east/us-east-1a"}],
         "exports": [{"service": "echo.demo", "to": ["*"]}],
+        "peers": [WEST_1_PEER] if link_west else [],
     }))
 
 
@@ -108,6 +113,75 @@ async def test_serves_reloads_and_drains_on_sigterm(tmp_path, cli_pki, nursery):
             await process.wait()
     stderr = await process.stderr.receive_some(65536)
     assert b"serving (eastwest 127.0.0.1:" in stderr
+
+
+async def certs_page(client: httpx.AsyncClient, admin: str) -> dict:
+    response = await client.get(f"http://{admin}/certs")
+    assert response.status_code == 200
+    return response.json()
+
+
+async def presented_serial(eastwest: str, pki_dir: Path) -> int:
+    """The serial of the leaf the gateway presents to a new peer (west-1's gateway) on its east-west listener."""
+    from cryptography import x509
+
+    from certs.store import load_bundle, load_identity
+    from certs.tls import client_context
+
+    context = client_context(load_identity(pki_dir, "west-1", "gateway"), load_bundle(pki_dir))
+    host, _, port = eastwest.rpartition(":")
+    stream = trio.SSLStream(await trio.open_tcp_stream(host, int(port)), context, server_hostname="echo.demo")
+    try:
+        with trio.fail_after(10):
+            await stream.do_handshake()
+        return x509.load_der_x509_certificate(stream.getpeercert(binary_form=True)).serial_number
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_admin_certs_names_the_leaf_in_use_and_a_broken_reissue_keeps_it(tmp_path):
+    """`/certs` follows a SIGHUP rotation (drills wait on it); a SIGHUP with a broken identity on disk
+    changes nothing: the leaf in use stays, and new handshakes still get it."""
+    from certs import pki
+    from certs.store import load_identity
+
+    pki_dir = make_pki(tmp_path / "pki").dir  # reissued below: not the module's shared PKI
+    config = write_config(tmp_path, pki_dir)
+    write_catalog(tmp_path / "catalog.json", free_port(), link_west=True)
+    gw = addresses(config)
+    process = await start(config)
+    try:
+        await wait_ready(gw["admin"], process)
+        first = load_identity(pki_dir, "east-1", "gateway")
+        async with httpx.AsyncClient() as client:
+            page = await certs_page(client, gw["admin"])
+            assert page["identity"] == "spiffe://mesh.example/cluster/east-1/gateway"
+            assert page["serial"] == format(first.serial_number, "x")
+            assert 0 < page["expires_in_s"] <= first.lifetime.total_seconds()
+            assert page["not_after"] == first.not_after.isoformat()
+
+            pki.issue_identity(pki_dir, "east-1", "gateway")
+            second = load_identity(pki_dir, "east-1", "gateway")
+            process.send_signal(signal.SIGHUP)
+            with trio.fail_after(10):  # the reload is asynchronous
+                while (await certs_page(client, gw["admin"]))["serial"] != format(second.serial_number, "x"):
+                    await trio.sleep(0.05)
+            assert await presented_serial(gw["eastwest"], pki_dir) == second.serial_number
+
+            # A broken identity on disk: SIGHUP keeps the leaf in use and the gateway keeps serving.
+            key = pki_dir / "clusters" / "east-1" / "identities" / "gateway" / "key.pem"
+            key.write_text("not a key\n")
+            process.send_signal(signal.SIGHUP)
+            stderr = b""
+            with trio.fail_after(10):
+                while b"SIGHUP: keeping the current identity" not in stderr:
+                    stderr += await process.stderr.receive_some(65536)
+            assert (await certs_page(client, gw["admin"]))["serial"] == format(second.serial_number, "x")
+            assert await presented_serial(gw["eastwest"], pki_dir) == second.serial_number
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_two_workers_share_the_ports(tmp_path, cli_pki):
@@ -172,10 +246,7 @@ async def test_sighup_presents_a_reissued_certificate_and_open_connections_keep_
 
     pki = make_pki(tmp_path / "pki")  # its own PKI: this test reissues the gateway's leaf
     config = write_config(tmp_path, pki.dir)
-    write_catalog(tmp_path / "catalog.json", await serve_hypercorn(nursery, "127.0.0.1"))
-    catalog = json.loads((tmp_path / "catalog.json").read_text())  # west-1 must be linked to be let in
-    catalog["peers"] = [{"name": "west-1", "region": "eu-west", "zones": ["eu-west-1a"], "gateway": "127.0.0.1:9"}]
-    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+    write_catalog(tmp_path / "catalog.json", await serve_hypercorn(nursery, "127.0.0.1"), link_west=True)
     process = await start(config)
     try:
         await wait_ready(addresses(config)["admin"], process)
