@@ -74,11 +74,16 @@ class H2Responder:
         self.stream_id = stream_id
         self.started = False
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool) -> None:
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool,
+                    body_ready: bool = False) -> None:
         self.started = True
         try:
-            self.conn.send_headers(self.stream_id, [(b":status", STATUS_BYTES[status]), *headers],
-                                   end_stream=end_stream)
+            self.conn.queue_headers(self.stream_id, [(b":status", STATUS_BYTES[status]), *headers],
+                                    end_stream=end_stream)
+            if end_stream:
+                await self.conn.flush_stream_end()
+            elif not body_ready:  # else the first body chunk, queued next, goes out with the head
+                self.conn.flush_soon()
         except StreamReset:
             raise DownstreamGone("downstream stream closed") from None
 
@@ -90,7 +95,8 @@ class H2Responder:
 
     async def trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         try:
-            self.conn.send_headers(self.stream_id, headers, end_stream=True)
+            self.conn.queue_headers(self.stream_id, headers, end_stream=True)
+            await self.conn.flush_stream_end()
         except StreamReset:
             raise DownstreamGone("downstream stream closed") from None
 
@@ -214,15 +220,19 @@ class H1Responder:
         self.started = False
         self.chunked = True
         self.aborted = False
+        self._head = b""  # a response head held for the body chunk that follows (`start(body_ready=True)`)
 
     async def _send(self, data: bytes) -> None:
+        if self._head:
+            data, self._head = self._head + data, b""
         try:
             await self.transport.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.aborted = True
             raise DownstreamGone("downstream closed") from None
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool) -> None:
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool,
+                    body_ready: bool = False) -> None:
         self.started = True
         out = [(n, v) for n, v in headers if n[:1] != b":"]
         self.chunked = not any(n == b"content-length" for n, _ in out)
@@ -236,6 +246,9 @@ class H1Responder:
         except h11.LocalProtocolError:
             self.aborted = True
             raise DownstreamGone("response not representable in HTTP/1.1") from None
+        if body_ready and not end_stream:
+            self._head = data  # one write with the first chunk
+            return
         await self._send(data)
 
     async def data(self, chunk: bytes, *, end_stream: bool) -> None:

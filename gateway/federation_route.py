@@ -193,7 +193,7 @@ class FederationRoute:
         if isinstance(event, h11.EndOfMessage):
             await responder.start(status, headers, end_stream=True)
             return status, reason
-        await responder.start(status, headers, end_stream=False)
+        await responder.start(status, headers, end_stream=False, body_ready=isinstance(event, h11.Data))
         while isinstance(event, h11.Data):
             sizes[1] += len(event.data)
             await responder.data(bytes(event.data), end_stream=False)
@@ -211,7 +211,7 @@ class FederationRoute:
         headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
                    (REASON, reason.encode()), (CLUSTER, self.cluster_bytes)]  # fmt: skip
         try:
-            await responder.start(status, headers, end_stream=False)
+            await responder.start(status, headers, end_stream=False, body_ready=True)
             await responder.data(body, end_stream=True)
         except DownstreamGone:
             await responder.abort()

@@ -70,7 +70,7 @@ async def serve_probe(answer: Callable[[str | None], bytes], req: Any, responder
 
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     try:
-        await responder.start(status, headers, end_stream=False)
+        await responder.start(status, headers, end_stream=False, body_ready=True)
         await responder.data(body, end_stream=True)
     except (DownstreamGone, StreamReset, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.debug("probe answer not delivered: %r", exc)  # the prober counts a missed probe

@@ -75,7 +75,10 @@ class Responder(Protocol):
 
     started: bool
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool) -> None: ...
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool,
+                    body_ready: bool = False) -> None:
+        """Send the response head. `body_ready`: the caller sends the first body chunk next, with no
+        wait in between, so the head may go out with it (one write instead of two)."""
 
     async def data(self, chunk: bytes, *, end_stream: bool) -> None: ...
 
@@ -435,7 +438,7 @@ class Proxy:
             (CLUSTER, self.cluster_bytes),
         ]
         try:
-            await responder.start(status, headers, end_stream=False)
+            await responder.start(status, headers, end_stream=False, body_ready=True)
             await responder.data(body, end_stream=True)
         except DownstreamGone:
             await responder.abort()
@@ -537,7 +540,8 @@ class Proxy:
             if stream.finished and not stream.trailers:
                 await responder.start(status, headers, end_stream=True)
                 return status, reason
-            await responder.start(status, headers, end_stream=False)
+            # A chunk already here is relayed below without a wait: the head goes out with it.
+            await responder.start(status, headers, end_stream=False, body_ready=bool(stream.chunks))
             # The try's scope (`Counts.try_scope`, the attempt loop's) bounds the body, its deadline
             # pushed on by each chunk (idle timeout), moved only when it would move by more than 1 %
             # of the timeout: setting a deadline costs more than relaying a small chunk. Its expiry
@@ -661,11 +665,15 @@ class Proxy:
             raise ResponseHeld(status, reason)
         headers = response_headers_out(raw, endpoint.cluster.encode())
         try:
-            event = await up.next_event(self.idle_timeout_s, "response body")
-            if isinstance(event, h11.EndOfMessage) and not event.headers:
+            event = up.conn.next_event()  # what came with the head
+            if event is h11.NEED_DATA:  # no body yet: the head goes on now, not when the body starts
+                await responder.start(status, headers, end_stream=False)
+                event = await up.next_event(self.idle_timeout_s, "response body")
+            elif isinstance(event, h11.EndOfMessage) and not event.headers:
                 await responder.start(status, headers, end_stream=True)
                 return status, reason
-            await responder.start(status, headers, end_stream=False)
+            else:
+                await responder.start(status, headers, end_stream=False, body_ready=isinstance(event, h11.Data))
             while isinstance(event, h11.Data):
                 counts.response_bytes += len(event.data)
                 await responder.data(bytes(event.data), end_stream=False)

@@ -315,7 +315,8 @@ class PolicyResponder:
     def started(self) -> bool:
         return self.inner.started
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool) -> None:
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool,
+                    body_ready: bool = False) -> None:
         state = self.state
         edits = state.decision.response_headers
         if edits:
@@ -330,7 +331,7 @@ class PolicyResponder:
             # An error answer names its trace beside its reason (the reason stays a bare slug:
             # clients and the caller's metrics match on it).
             headers = [*headers, (TRACE_ID, trace_id)]
-        await self.inner.start(status, headers, end_stream=end_stream)
+        await self.inner.start(status, headers, end_stream=end_stream, body_ready=body_ready)
 
     async def data(self, chunk: bytes, *, end_stream: bool) -> None:
         await self.inner.data(chunk, end_stream=end_stream)

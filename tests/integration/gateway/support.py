@@ -42,7 +42,8 @@ WEST = Locality("eu-west", "eu-west-1a")
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """/echo streams the request body back; /headers returns the request headers as JSON;
     /bytes/N sends N bytes; /slow/S answers after S seconds; /stall/S sends the head and a first
-    chunk, then the rest S seconds later; /status/N answers N."""
+    chunk, then the rest S seconds later; /late/S sends the head alone, then the body S seconds later;
+    /status/N answers N."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -96,6 +97,11 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"first part, ", "more_body": True})
         await trio.sleep(float(path.rsplit("/", 1)[1]))
         await send({"type": "http.response.body", "body": b"the rest"})
+    elif path.startswith("/late/"):
+        await send({"type": "http.response.start", "status": 200, "headers": base_headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})  # the head goes out now
+        await trio.sleep(float(path.rsplit("/", 1)[1]))
+        await send({"type": "http.response.body", "body": b"late body"})
     elif path.startswith("/status/"):
         await send({"type": "http.response.start", "status": int(path.rsplit("/", 1)[1]), "headers": base_headers})
         await send({"type": "http.response.body", "body": b""})

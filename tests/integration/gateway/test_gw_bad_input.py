@@ -1,5 +1,6 @@
 """Hostile input: each case is refused (or survived) while good traffic keeps flowing, and the
-process's file descriptors and trio tasks return to their baseline afterwards."""
+process's file descriptors, trio tasks and open HTTP/2 stream count (`H2Conn.process_streams`, which
+decides when a stream's task may send its own frames) return to their baseline afterwards."""
 
 from __future__ import annotations
 
@@ -40,14 +41,18 @@ def shared(gateway_pki):
 
 @pytest.fixture
 def baseline(shared):
-    """Warm the pools with good requests, then record fd and task counts; check them at the end."""
+    """Warm the pools with good requests, then record fd, task and stream counts; check them at the end."""
+    from gateway.h2conn import H2Conn
+
     good_request(shared)
     good_request(shared, http2=True)
-    fds, tasks = open_fds(), shared.tasks_living()
+    fds, tasks, streams = open_fds(), shared.tasks_living(), shared.call(lambda: H2Conn.process_streams)
     yield
     after = shared.settle(fds, tasks)
     assert after[0] <= fds, f"file descriptors leaked: {fds} before, {after[0]} after"
     assert after[1] <= tasks, f"trio tasks leaked: {tasks} before, {after[1]} after"
+    # The tasks have ended, so every stream they held has been forgotten.
+    assert shared.call(lambda: H2Conn.process_streams) <= streams, "HTTP/2 streams left counted as open"
 
 
 def outbound(shared) -> tuple[str, int]:

@@ -325,6 +325,44 @@ async def test_a_response_body_that_stalls_ends_at_the_idle_timeout(gateway_pki)
         assert metric_value(topo.east, "isthmus_timeouts_total", destination_service="echo.demo") == 1
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1-client", "h2c-client"])
+@pytest.mark.parametrize("host", ["echo.demo", "h2echo.demo"])
+async def test_a_streaming_response_head_and_first_chunk_arrive_before_the_rest(topology, http2, host):
+    """The gateways send a response head with the body chunk that came with it, and never hold
+    either back until the rest: what the upstream has sent reaches the client while it stalls."""
+    async with httpx.AsyncClient(base_url=topology.outbound, http1=not http2, http2=http2, timeout=10) as client:
+        started = trio.current_time()
+        with trio.fail_after(5):
+            async with client.stream("GET", "/stall/1.5", headers={"host": host}) as response:
+                head_after = trio.current_time() - started
+                chunks = response.aiter_raw()
+                first = await chunks.__anext__()
+                first_after = trio.current_time() - started
+                rest = b"".join([chunk async for chunk in chunks])
+                whole_after = trio.current_time() - started
+    assert response.status_code == 200
+    assert response.headers["x-isthmus-cluster"] == "west-1"
+    assert (first + rest) == b"first part, the rest"
+    assert first.startswith(b"first part")
+    assert head_after < 1.0 and first_after < 1.0, (head_after, first_after)
+    assert whole_after >= 1.5
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1-client", "h2c-client"])
+@pytest.mark.parametrize("host", ["echo.demo", "h2echo.demo"])
+async def test_a_response_head_sent_alone_is_not_held_for_the_body(topology, http2, host):
+    async with httpx.AsyncClient(base_url=topology.outbound, http1=not http2, http2=http2, timeout=10) as client:
+        started = trio.current_time()
+        with trio.fail_after(5):
+            async with client.stream("GET", "/late/1.5", headers={"host": host}) as response:
+                head_after = trio.current_time() - started
+                body = await response.aread()
+                body_after = trio.current_time() - started
+    assert response.status_code == 200 and body == b"late body", (response.headers, body)
+    assert head_after < 1.0, head_after
+    assert body_after >= 1.5
+
+
 async def test_unknown_peer_cluster_is_503_cluster_unknown(gateway_pki):
     import attrs
 
