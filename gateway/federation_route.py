@@ -38,7 +38,7 @@ from certs.tls import client_context, server_context
 from gateway.errors import GatewayError, UpstreamConnectError, UpstreamReset, UpstreamTimeout
 from gateway.headers import CLUSTER, PEER_IDENTITY, REASON, response_headers_out
 from gateway.metrics import GatewayMetrics
-from gateway.net import connect
+from gateway.net import SocketIO, connect
 from gateway.proxy import DownstreamGone, Request, Responder, error_body
 from gateway.routes import host_of
 from registry.model import Catalog, Peer, parse_host_port
@@ -181,7 +181,7 @@ class FederationRoute:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(upstream)
 
-    async def _relay(self, conn: h11.Connection, upstream: trio.SocketStream, response: h11.Response,
+    async def _relay(self, conn: h11.Connection, upstream: SocketIO, response: h11.Response,
                      responder: Responder, sizes: list[int]) -> tuple[int, str]:
         status = response.status_code
         if status == 403:
@@ -217,7 +217,7 @@ class FederationRoute:
             await responder.abort()
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream, timeout_s: float, what: str) -> Any:
+async def _next_event(conn: h11.Connection, stream: SocketIO, timeout_s: float, what: str) -> Any:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:

@@ -27,7 +27,7 @@ import trio
 from gateway.errors import UpstreamConnectError
 from gateway.lb.health import ActiveHealthCheck, EndpointMarkedHealthy, EndpointMarkedUnhealthy
 from gateway.lb.policy import HealthCheckPolicy, ServicePolicy
-from gateway.net import connect
+from gateway.net import SocketIO, connect
 from gateway.periodic import PeriodicChecks
 from registry.model import Catalog, Endpoint
 
@@ -55,7 +55,7 @@ async def check_endpoint(endpoint: Endpoint, protocol: str, policy: HealthCheckP
     return False
 
 
-async def _http_get(stream: trio.SocketStream, endpoint: Endpoint, path: str) -> bool:
+async def _http_get(stream: SocketIO, endpoint: Endpoint, path: str) -> bool:
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(method="GET", target=path, headers=[
         ("host", f"{endpoint.address}:{endpoint.port}"), ("user-agent", "isthmus-health-check"),

@@ -35,7 +35,7 @@ from gateway.h2conn import ConnectionGone, H2Conn, H2Stream, StreamReset
 from gateway.headers import CLUSTER, REASON, response_headers_out, strip_hop_by_hop
 from gateway.lb.policy import RetryPolicy, TimeoutPolicy
 from gateway.metrics import GatewayMetrics
-from gateway.net import connect, connect_tls
+from gateway.net import SocketIO, connect, connect_tls
 from gateway.probes import PROBE_AUTHORITY, serve_probe
 from gateway.retrying import ReplayBody, ResponseHeld, open_plan, response_retriable, try_outcome
 from gateway.routes import RoutingTable
@@ -156,7 +156,7 @@ class H1Upstream:
 
     __slots__ = ("stream", "conn", "key", "reused")
 
-    def __init__(self, stream: trio.SocketStream, key: tuple[str, int]) -> None:
+    def __init__(self, stream: SocketIO, key: tuple[str, int]) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT)
         self.key = key

@@ -45,6 +45,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.net import (
     TRANSIENT_ACCEPT_ERRNOS,
     PrefixedStream,
+    SocketIO,
     connect,
     connect_tls,
     open_listener,
@@ -181,7 +182,7 @@ class Gateway:
             raise GatewayError("the catalog source ended before giving a catalog") from None
         self.apply_catalog(first)
         await self.traffic.on_catalog(first)
-        listeners: list[tuple[str, trio.SocketListener, Callable[[trio.SocketStream], Awaitable[None]]]] = []
+        listeners: list[tuple[str, trio.SocketListener, Callable[[SocketIO], Awaitable[None]]]] = []
         outbound_host = config.outbound_address[0]
         wanted = [
             ("eastwest", config.eastwest_address, self._serve_eastwest),
@@ -248,7 +249,7 @@ class Gateway:
     # -- accepting --------------------------------------------------------------------------------
 
     async def _accept_loop(self, name: str, listener: trio.SocketListener,
-                           handler: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+                           handler: Callable[[SocketIO], Awaitable[None]]) -> None:
         assert self._nursery is not None
         gauge = self.metrics.active_connections.labels(name)
         scope = trio.CancelScope()
@@ -264,12 +265,12 @@ class Gateway:
                             await trio.sleep(0.1)
                             continue
                         raise
-                    self._nursery.start_soon(self._guard, handler, stream, gauge)
+                    self._nursery.start_soon(self._guard, handler, SocketIO(stream), gauge)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
-    async def _guard(self, handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream,
+    async def _guard(self, handler: Callable[[SocketIO], Awaitable[None]], stream: SocketIO,
                      gauge: Any) -> None:
         self.active += 1
         gauge.inc()
@@ -325,7 +326,7 @@ class Gateway:
 
     # -- east-west --------------------------------------------------------------------------------
 
-    async def _serve_eastwest(self, tcp: trio.SocketStream) -> None:
+    async def _serve_eastwest(self, tcp: SocketIO) -> None:
         config = self.config
         set_nodelay(tcp)
         buffer = bytearray()
@@ -414,7 +415,7 @@ class Gateway:
 
     # -- outbound ---------------------------------------------------------------------------------
 
-    async def _serve_outbound(self, tcp: trio.SocketStream) -> None:
+    async def _serve_outbound(self, tcp: SocketIO) -> None:
         set_nodelay(tcp)
         buffer = b""
         with trio.move_on_after(self.config.idle_timeout_s):
@@ -431,13 +432,13 @@ class Gateway:
         else:
             await serve_h1(tcp, ctx, initial_data=buffer)
 
-    def _tcp_port_handler(self, port: int) -> Callable[[trio.SocketStream], Awaitable[None]]:
-        async def handler(tcp: trio.SocketStream) -> None:
+    def _tcp_port_handler(self, port: int) -> Callable[[SocketIO], Awaitable[None]]:
+        async def handler(tcp: SocketIO) -> None:
             await self._serve_tcp_port(tcp, port)
 
         return handler
 
-    async def _serve_tcp_port(self, tcp: trio.SocketStream, port: int) -> None:
+    async def _serve_tcp_port(self, tcp: SocketIO, port: int) -> None:
         set_nodelay(tcp)
         table = self.table
         service = table.service_for_port(port)
@@ -463,7 +464,7 @@ class Gateway:
 
     # -- admin ------------------------------------------------------------------------------------
 
-    async def _serve_admin(self, stream: trio.SocketStream) -> None:
+    async def _serve_admin(self, stream: SocketIO) -> None:
         await serve_admin_connection(stream, self._admin_routes())
 
     def _admin_routes(self) -> dict[bytes, AdminRoute]:

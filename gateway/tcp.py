@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from gateway import splice
+from gateway.net import SocketIO
 
 READ_SIZE = 65536
 
@@ -62,7 +63,9 @@ YIELD_EVERY = 16
 
 
 def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The stdlib socket under a plain `trio.SocketStream` (None for TLS and other streams)."""
+    """The stdlib socket under a plain TCP stream (None for TLS and other streams)."""
+    if type(stream) is SocketIO:
+        return stream.raw
     if type(stream) is not trio.SocketStream:
         return None
     raw = getattr(stream.socket, "_sock", None)
