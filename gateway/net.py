@@ -23,6 +23,7 @@ import errno
 import ipaddress
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -37,6 +38,13 @@ TRANSIENT_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 YIELD_EVERY = 16
 RECEIVE_SIZE = 65536
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
+
+
+def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    """A socket error as trio's stream errors (as `trio.SocketStream` translates them)."""
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 class SocketIO(trio.abc.HalfCloseableStream):
@@ -58,8 +66,11 @@ class SocketIO(trio.abc.HalfCloseableStream):
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _closed(self) -> trio.ClosedResourceError:
-        return trio.ClosedResourceError("this socket was already closed")
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        """The socket would block: wait until it is ready (ClosedResourceError if it was closed)."""
+        if self.raw.fileno() == -1:
+            raise trio.ClosedResourceError("this socket was already closed")
+        await wait(self.raw)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await self._schedule_point()
@@ -68,13 +79,9 @@ class SocketIO(trio.abc.HalfCloseableStream):
             try:
                 return sock.recv(max_bytes or RECEIVE_SIZE)
             except BlockingIOError:
-                if sock.fileno() == -1:
-                    raise self._closed() from None
-                await trio.lowlevel.wait_readable(sock)
+                await self._wait(trio.lowlevel.wait_readable)
             except OSError as exc:
-                if exc.errno in _CLOSED_ERRNOS:
-                    raise self._closed() from None
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                raise _stream_error(exc) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
@@ -91,13 +98,9 @@ class SocketIO(trio.abc.HalfCloseableStream):
                     try:
                         done += sock.send(view[done:] if done else view)
                     except BlockingIOError:
-                        if sock.fileno() == -1:
-                            raise self._closed() from None
-                        await trio.lowlevel.wait_writable(sock)
+                        await self._wait(trio.lowlevel.wait_writable)
                     except OSError as exc:
-                        if exc.errno in _CLOSED_ERRNOS:
-                            raise self._closed() from None
-                        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                        raise _stream_error(exc) from exc
         finally:
             self._sending = False
 
