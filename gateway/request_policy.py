@@ -331,15 +331,25 @@ class PolicyResponder:
             # An error answer names its trace beside its reason (the reason stays a bare slug:
             # clients and the caller's metrics match on it).
             headers = [*headers, (TRACE_ID, trace_id)]
+        if end_stream:
+            state.ended = trio.current_time()
         await self.inner.start(status, headers, end_stream=end_stream, body_ready=body_ready)
 
+    # The request's duration (access log, span) ends when its response's last frame is handed on:
+    # the send may happen right away in this task (`H2Conn.flush_stream_end`), and the caller must
+    # not see the response end before this hop's span has.
+
     async def data(self, chunk: bytes, *, end_stream: bool) -> None:
+        if end_stream:
+            self.state.ended = trio.current_time()
         await self.inner.data(chunk, end_stream=end_stream)
 
     async def trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.state.ended = trio.current_time()
         await self.inner.trailers(headers)
 
     async def end(self) -> None:
+        self.state.ended = trio.current_time()
         await self.inner.end()
 
     async def abort(self) -> None:
@@ -349,7 +359,7 @@ class PolicyResponder:
 class RequestState:
     """One request's policy state (see the module docstring for the order of calls)."""
 
-    __slots__ = ("policy", "eastwest", "decision", "trace_id", "base_headers", "endpoint", "attempts",
+    __slots__ = ("policy", "eastwest", "decision", "trace_id", "base_headers", "endpoint", "attempts", "ended",
                  "started", "first_try", "record", "subset", "responder", "peer_identity", "picker", "_edit",
                  "span")
 
@@ -360,6 +370,7 @@ class RequestState:
         self.endpoint: Endpoint | None = None
         self.attempts = 0
         self.started = trio.current_time()
+        self.ended: float | None = None  # when the response's last frame was handed on (`PolicyResponder`)
         self.first_try: float | None = None
         self.picker: Any = None
         traceparent = tracestate = request_id = peer = subset = None
@@ -512,7 +523,7 @@ class RequestState:
         record = self.record
         if record is None:
             return
-        now = trio.current_time()
+        now = trio.current_time() if self.ended is None else self.ended
         endpoint = self.endpoint
         record.destination_cluster = None if dest_cluster == "unknown" else dest_cluster
         if endpoint is not None:
