@@ -222,7 +222,7 @@ class H2Conn:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self._flush_soon()
+        self.flush_soon()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -270,7 +270,7 @@ class H2Conn:
         goaway.last_stream_id = self.h2.highest_inbound_stream_id
         goaway.error_code = h2.errors.ErrorCodes.NO_ERROR
         self.h2._data_to_send += goaway.serialize()
-        self._flush_soon()
+        self.flush_soon()
         self._maybe_finish_drain()
 
     def _maybe_finish_drain(self) -> None:
@@ -300,7 +300,7 @@ class H2Conn:
                     self._protocol_error(exc)
                     return
                 self._dispatch(events)
-                self._flush_soon()
+                self.flush_soon()
                 if self.closed:
                     return
             try:
@@ -431,7 +431,7 @@ class H2Conn:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _flush_soon(self) -> None:
+    def flush_soon(self) -> None:
         """Wake the writer if h2 has bytes queued (acknowledging a small DATA frame queues none)."""
         if self.h2._data_to_send:
             self._write_wanted.set()
@@ -443,22 +443,23 @@ class H2Conn:
             if self._sending:
                 continue  # a stream's task is sending; it wakes us if more is queued when it is done
             data = self.h2.data_to_send()
-            if data:
-                self._sending = True
-                try:
-                    await self.transport.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.close()
-                    return
-                finally:
-                    self._sending = False
+            if data and not await self._send(data):
+                return
             if self.draining and not self.streams:
                 self.close()
                 return
 
-    def flush_soon(self) -> None:
-        """Have the writer send what h2 has queued (in its next pass, with whatever else is queued by then)."""
-        self._flush_soon()
+    async def _send(self, data: bytes) -> bool:
+        """Send `data` as the connection's one sender; False (the connection closed) if the transport broke."""
+        self._sending = True
+        try:
+            await self.transport.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close()
+            return False
+        finally:
+            self._sending = False
+        return True
 
     async def flush_stream_end(self) -> None:
         """Send what h2 has queued. Called by a stream's task after queuing the frames that end its
@@ -467,24 +468,17 @@ class H2Conn:
         shielded: cancelled half-way it would leave a partial frame on a connection other streams
         may be using by then (a blocked send still ends when the connection closes)."""
         if self._sending or H2Conn.process_streams > QUIET_STREAMS or self.closed:
-            self._flush_soon()
+            self.flush_soon()
             return
         data = self.h2.data_to_send()
         if not data:
             return
-        self._sending = True
-        try:
-            with trio.CancelScope(shield=True):
-                await self.transport.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            self.close()
-            raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed") from None
-        finally:
-            self._sending = False
-        if self.h2._data_to_send:
-            self._flush_soon()
-        elif self.draining:
-            self._maybe_finish_drain()
+        with trio.CancelScope(shield=True):
+            sent = await self._send(data)
+        if not sent:
+            raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
+        self.flush_soon()  # what other streams queued meanwhile
+        self._maybe_finish_drain()
 
     def acknowledge(self, stream_id: int, flow: int) -> None:
         if self.closed:
@@ -493,7 +487,7 @@ class H2Conn:
             self.h2.acknowledge_received_data(flow, stream_id)
         except h2.exceptions.ProtocolError:
             return
-        self._flush_soon()
+        self.flush_soon()
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -519,13 +513,13 @@ class H2Conn:
         if end_stream:
             await self.flush_stream_end()
         else:
-            self._flush_soon()
+            self.flush_soon()
         return stream
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False) -> None:
         """Queue a HEADERS block (response head or trailers) and wake the writer."""
         self.queue_headers(stream_id, headers, end_stream=end_stream)
-        self._flush_soon()
+        self.flush_soon()
 
     def queue_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, end_stream: bool = False) -> None:
         """Queue a HEADERS block only: the caller has it sent (`flush_soon`, `flush_stream_end`, or
@@ -552,7 +546,7 @@ class H2Conn:
             if window <= 0:
                 if self.closed:
                     raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
-                self._flush_soon()  # what fitted goes out while we wait for the peer's WINDOW_UPDATE
+                self.flush_soon()  # what fitted goes out while we wait for the peer's WINDOW_UPDATE
                 await self._wait_window()
                 continue
             n = min(window, total - sent)
@@ -562,7 +556,7 @@ class H2Conn:
         if end_stream:
             await self.flush_stream_end()
         else:
-            self._flush_soon()
+            self.flush_soon()
 
     def _queue_frames(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """`data` (within the window) as DATA frames of the peer's frame size, in one call."""
@@ -580,7 +574,7 @@ class H2Conn:
             self.h2.reset_stream(stream_id, error_code)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
-        self._flush_soon()
+        self.flush_soon()
 
     def forget(self, stream_id: int) -> None:
         """The stream's owner is done with it: reset it if still open, and drop its state."""
