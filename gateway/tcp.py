@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from gateway import splice
-from gateway.net import SocketIO
+from gateway.net import YIELD_EVERY, SocketIO
 
 READ_SIZE = 65536
 
@@ -56,10 +56,9 @@ async def _one_way(src: trio.abc.Stream, dst: trio.abc.Stream, counts: PumpCount
         pass
 
 
-# Between two plain TCP sockets the pump calls the non-blocking socket directly and yields to
-# trio once per this many transfers (and whenever a socket would block): the per-call checkpoint
-# of SocketStream cost about 10 % of a small-message pump (PERF-NOTES).
-YIELD_EVERY = 16
+# Between two plain TCP sockets the pump calls the non-blocking socket directly and, as `SocketIO`
+# does, yields to trio once per `YIELD_EVERY` transfers (and whenever a socket would block): the
+# per-call checkpoint of SocketStream cost about 10 % of a small-message pump (PERF-NOTES).
 
 
 def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
