@@ -50,6 +50,7 @@ from gateway.net import (
     connect_tls,
     open_listener,
     set_nodelay,
+    tls_stream,
 )
 from gateway.policy.accesslog import AccessLogConfig
 from gateway.proxy import Proxy, Upstreams
@@ -353,8 +354,7 @@ class Gateway:
                 return
             await self._pump_to_local(tcp, table, service, "unknown", initial=bytes(buffer))
             return
-        tls = trio.SSLStream(PrefixedStream(tcp, bytes(buffer)), self.contexts.server, server_side=True,
-                             https_compatible=False)
+        tls = tls_stream(PrefixedStream(tcp, bytes(buffer)), self.contexts.server, server_side=True)
         try:
             with trio.fail_after(config.handshake_timeout_s):
                 await tls.do_handshake()

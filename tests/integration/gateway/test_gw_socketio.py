@@ -1,6 +1,9 @@
 """`gateway.net.SocketIO`, the data plane's TCP stream, on real loopback sockets: bytes arrive exact
-under backpressure, a connection that always has data still lets other tasks run, waits are
-cancellable, and misuse or a broken peer raises trio's stream errors."""
+under backpressure, a connection that always has data still lets other tasks run, a short read is
+followed by a wait rather than a read that finds nothing, waits are cancellable, and misuse or a
+broken peer raises trio's stream errors. And the data plane's TLS stream (`gateway.net.tls_stream`):
+its locks take no schedule point when free, keep their waiters in order, and mutual TLS carries
+bytes exact both ways at once."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import struct
 import pytest
 import trio
 
-from gateway.net import YIELD_EVERY, SocketIO
+from certs.tls import client_context, server_context
+from gateway.net import YIELD_EVERY, EagerLock, SocketIO, tls_stream
 
 
 async def socket_pair() -> tuple[SocketIO, SocketIO]:
@@ -65,6 +69,43 @@ async def test_a_connection_that_always_has_data_still_lets_other_tasks_run():
     assert after - before >= 3  # the reader yielded about once per YIELD_EVERY reads
 
 
+class CountingSocket:
+    """A socket whose `recv` calls are counted (everything else is the socket's)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(size)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+async def test_a_short_read_is_followed_by_a_wait_not_by_a_read_that_finds_nothing(nursery):
+    a, b = await socket_pair()
+    counting = CountingSocket(b.raw)
+    b.raw = counting  # type: ignore[assignment]
+    await a.send_all(b"0123456789")
+    assert await b.receive_some(4) == b"0123"  # as much as asked: more may be waiting
+    assert await b.receive_some(100) == b"456789"  # read at once; less than asked: the socket is empty
+    assert counting.recvs == 2
+
+    async def later() -> None:
+        await trio.sleep(0.05)
+        await a.send_all(b"later")
+
+    nursery.start_soon(later)
+    assert await b.receive_some(100) == b"later"
+    assert counting.recvs == 3  # one recv, after the socket became readable
+    await a.send_eof()
+    assert await b.receive_some(100) == b""  # the end still reads as the end
+    await a.aclose()
+    await b.aclose()
+
+
 async def test_waiting_for_data_is_cancellable_and_the_stream_still_works():
     a, b = await socket_pair()
     with trio.move_on_after(0.05) as scope:
@@ -108,3 +149,83 @@ async def test_closed_half_closed_reset_and_concurrent_sends_raise_stream_errors
         await c.send_all(b"z")
     await c.aclose()  # wakes the blocked sender
     await d.aclose()
+
+
+# -- the TLS stream's locks -----------------------------------------------------------------------
+
+
+async def test_a_free_eager_lock_takes_no_schedule_point_and_waiters_get_it_in_order():
+    lock = EagerLock()
+    with trio.testing.assert_no_checkpoints():
+        async with lock:
+            assert lock.locked()
+    assert not lock.locked()
+
+    got: list[int] = []
+
+    async def waiter(n: int, scope: trio.CancelScope) -> None:
+        with scope:
+            async with lock:
+                got.append(n)
+                await trio.sleep(0.01)  # the others stay queued meanwhile
+
+    scopes = [trio.CancelScope() for _ in range(4)]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as waiters:
+            async with lock:
+                for n, scope in enumerate(scopes):
+                    waiters.start_soon(waiter, n, scope)
+                    await trio.testing.wait_all_tasks_blocked()
+                scopes[2].cancel()  # a waiter that gives up leaves the queue
+                await trio.testing.wait_all_tasks_blocked()
+    assert got == [0, 1, 3]
+    assert not lock.locked()
+
+
+async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_once(gateway_pki):
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    raw_client = SocketIO(await trio.open_tcp_stream("127.0.0.1", port))
+    raw_server = SocketIO(await listeners[0].accept())
+    await listeners[0].aclose()
+    server = tls_stream(raw_server, server_context(gateway_pki.identity("west-1"), gateway_pki.bundle),
+                        server_side=True)
+    client = tls_stream(raw_client, client_context(gateway_pki.identity("east-1"), gateway_pki.bundle),
+                        server_hostname="west-1")
+    up, down = os.urandom(4 * 1024 * 1024), os.urandom(4 * 1024 * 1024)
+    got = {"server": bytearray(), "client": bytearray()}
+
+    async def pump(stream: trio.SSLStream, data: bytes, into: bytearray) -> None:
+        async with trio.open_nursery() as both:
+            both.start_soon(stream.send_all, data)  # sends and receives on one stream, concurrently
+            while len(into) < len(data):
+                chunk = await stream.receive_some()
+                assert chunk, "the peer closed early"
+                into.extend(chunk)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, server, down, got["server"])
+            nursery.start_soon(pump, client, up, got["client"])
+    assert bytes(got["server"]) == up and bytes(got["client"]) == down
+
+    # A record sent while the socket has room goes out without a pass of the scheduler.
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    raw_client._calls = 0  # not the one call in YIELD_EVERY that yields on purpose
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()
+        before = ticks
+        await client.send_all(b"ping")
+        assert ticks == before
+        nursery.cancel_scope.cancel()
+    assert await server.receive_some() == b"ping"
+    await trio.aclose_forcefully(client)
+    await trio.aclose_forcefully(server)
