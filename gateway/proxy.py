@@ -425,6 +425,9 @@ class Proxy:
                 return status, reason
         finally:
             plan.close(trio.current_time())
+            # `on_head` closes over `counts` (through `replayable`): without this the request's
+            # objects form a cycle that only the cyclic garbage collector frees.
+            counts.on_head = counts.try_scope = None
 
     async def _fail(self, responder: Responder, status: int, reason: str) -> None:
         if responder.started:

@@ -520,6 +520,7 @@ class RequestState:
         req.headers = headers
 
     def finish(self, status: int, reason: str, counts: Any, dest_cluster: str) -> None:
+        self.responder = None  # it refers back to this state: no cycle left for the garbage collector
         record = self.record
         if record is None:
             return

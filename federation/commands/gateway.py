@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.catalog_source import read_catalog
     from gateway.lb.policy import ServicePolicy
     from gateway.request_policy import traffic_options
+    from gateway.runtime import tune_garbage_collector
     from gateway.workers import supervise
 
     if args.workers < 1:
@@ -200,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"isthmus gateway {config.cluster}: serving ({listeners}; catalog revision "
                   f"{gateway.catalog.revision})", file=sys.stderr, flush=True)
 
+    tune_garbage_collector()
     # One cache file per process: workers (started with --reuse-port) each keep their own.
     cache_name = f"catalog-{os.getpid()}.json" if args.reuse_port else "catalog.json"
     trio.run(lambda: serve_cluster_gateway(cluster_config, config=config, cache_name=cache_name,
