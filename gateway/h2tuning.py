@@ -22,7 +22,8 @@ Owns:
   chain, and DATA/HEADERS serialised directly.
 - `tune_h2_for_forwarding()`: process-wide, h2's streams build the DATA and HEADERS frames they
   send without hyperframe's constructor chain (same classes' behaviour, same bytes) and skip
-  re-encoding header fields that are already bytes; `silence_hpack_debug_logging()`: hpack's
+  re-encoding header fields that are already bytes; h2's state-machine tables are keyed by enums
+  hashed in C (identity) instead of `Enum.__hash__`; `silence_hpack_debug_logging()`: hpack's
   per-field debug logging becomes a no-op (about 90 logger calls per proxied request).
 
 Must not import trio (pure; tested without sockets) nor anything from `federation`.
@@ -448,11 +449,31 @@ def utf8_encode_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     return out
 
 
+# The plain `Enum`s keying h2's state-machine tables ((state, input) -> transition), looked up for
+# every frame sent and received: 22 times per proxied request.
+_STATE_MACHINE_ENUMS = (h2.stream.StreamInputs, h2.connection.ConnectionState, h2.connection.ConnectionInputs)
+
+
+def _identity_hashed_state_machine_keys() -> None:
+    """`Enum.__hash__` is Python code (a third of a microsecond a call); these members compare by
+    identity, so the identity hash is equivalent. The tables are rebuilt so that their keys are
+    stored under the new hashes (copying a dict would keep the old ones)."""
+    if all(enum_class.__hash__ is object.__hash__ for enum_class in _STATE_MACHINE_ENUMS):
+        return
+    for enum_class in _STATE_MACHINE_ENUMS:
+        enum_class.__hash__ = object.__hash__  # type: ignore[method-assign]
+    h2.stream._transitions = {key: value for key, value in h2.stream._transitions.items()}
+    machine = h2.connection.H2ConnectionStateMachine
+    machine._transitions = {key: value for key, value in machine._transitions.items()}
+
+
 def tune_h2_for_forwarding() -> None:
-    """Make h2's streams send `SentDataFrame`/`SentHeadersFrame` and skip re-encoding byte headers."""
+    """Make h2's streams send `SentDataFrame`/`SentHeadersFrame` and skip re-encoding byte headers;
+    h2's state-machine tables hash their keys in C."""
     h2.stream.DataFrame = SentDataFrame  # type: ignore[misc]
     h2.stream.HeadersFrame = SentHeadersFrame  # type: ignore[misc]
     h2.stream.utf8_encode_headers = utf8_encode_headers
+    _identity_hashed_state_machine_keys()
 
 
 _FAST_SERIALIZED = {_DataFrame: 0x0, SentDataFrame: 0x0, _HeadersFrame: 0x1, SentHeadersFrame: 0x1}

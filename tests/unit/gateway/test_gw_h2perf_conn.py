@@ -178,3 +178,24 @@ async def test_a_client_connection_carries_many_sequential_streams():
                 requests.start_soon(one, i)
         assert len(client.h2.streams) <= 2 and not client.streams
         nursery.cancel_scope.cancel()
+
+
+def test_h2s_state_machine_tables_hash_their_keys_in_c_and_still_find_every_transition():
+    import itertools
+
+    import h2.stream
+
+    machines = [
+        (h2.stream._transitions, h2.stream.StreamState, h2.stream.StreamInputs),
+        (h2.connection.H2ConnectionStateMachine._transitions, h2.connection.ConnectionState,
+         h2.connection.ConnectionInputs),
+    ]
+    for table, states, inputs in machines:
+        assert inputs.__hash__ is object.__hash__
+        # Looked up by (state, input) pairs built here, as the state machines do: a table whose keys
+        # kept their old hashes would find none of them.
+        found = [pair for pair in itertools.product(states, inputs) if pair in table]
+        assert len(found) == len(table) > 10
+    machine = h2.connection.H2ConnectionStateMachine()
+    machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
+    assert machine.state is h2.connection.ConnectionState.CLIENT_OPEN
