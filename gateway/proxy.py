@@ -138,8 +138,9 @@ class Counts:
     # True when the attempt loop's own scope already ends the wait for the head at the try's
     # deadline (a body-less request: sent at once, so "from the end of the body" is "from the start").
     head_deadline_set: bool = False
-    # The attempt loop's scope for the try: an HTTP/2 response body's idle timeout moves its deadline
-    # (one scope per try rather than one more per response) and sets `body_idle_s` when it does.
+    # The attempt loop's scope for the try: its deadline ends the wait for the head; once the head is
+    # here the relay moves it, to the HTTP/2 response body's idle timeout (one scope per try rather
+    # than one more per response; `body_idle_s` is set then) or away (HTTP/1.1 times each read).
     try_scope: trio.CancelScope | None = None
     body_idle_s: float | None = None
 
@@ -385,7 +386,6 @@ class Proxy:
 
                 def on_head(status: int, reason: str, via_gateway: bool = via_gateway,
                             scope: trio.CancelScope = scope, finished: list[bool] = finished) -> bool:
-                    scope.deadline = math.inf  # the per-try timeout covers the wait for the head only
                     if not response_retriable(status, reason, via_gateway=via_gateway, retry_on=retry_on):
                         return False
                     if responder.started or not replayable():
@@ -539,22 +539,23 @@ class Proxy:
                     headers.append((name, value))
             if counts.on_head is not None and counts.on_head(status, reason):
                 raise ResponseHeld(status, reason)
-            headers = response_headers_out(headers, cluster.encode())
-            if stream.finished and not stream.trailers:
-                await responder.start(status, headers, end_stream=True)
-                return status, reason
-            # A chunk already here is relayed below without a wait: the head goes out with it.
-            await responder.start(status, headers, end_stream=False, body_ready=bool(stream.chunks))
-            # The try's scope (`Counts.try_scope`, the attempt loop's) bounds the body, its deadline
-            # pushed on by each chunk (idle timeout), moved only when it would move by more than 1 %
-            # of the timeout: setting a deadline costs more than relaying a small chunk. Its expiry
-            # ends the try with "response body idle".
+            # The per-try timeout covered the wait for the head. From here the try's scope
+            # (`Counts.try_scope`, the attempt loop's) bounds the body, its deadline pushed on by each
+            # chunk (idle timeout), moved only when it would move by more than 1 % of the timeout:
+            # setting a deadline costs more than relaying a small chunk (so it is set once here, not
+            # lifted first). Its expiry ends the try with "response body idle".
             idle_s = self.idle_timeout_s
             slack_s = min(1.0, idle_s / 100)
             scope = counts.try_scope
             assert scope is not None, "set by the attempt loop, the only way here"
             counts.body_idle_s = idle_s
             scope.deadline = trio.current_time() + idle_s
+            headers = response_headers_out(headers, cluster.encode())
+            if stream.finished and not stream.trailers:
+                await responder.start(status, headers, end_stream=True)
+                return status, reason
+            # A chunk already here is relayed below without a wait: the head goes out with it.
+            await responder.start(status, headers, end_stream=False, body_ready=bool(stream.chunks))
             while True:
                 deadline = trio.current_time() + idle_s
                 if deadline - scope.deadline > slack_s:
@@ -666,6 +667,8 @@ class Proxy:
         reason = next((v.decode("latin-1") for n, v in raw if n == REASON), "")
         if counts.on_head is not None and counts.on_head(status, reason):
             raise ResponseHeld(status, reason)
+        if counts.try_scope is not None:
+            counts.try_scope.deadline = math.inf  # the per-try timeout covers the wait for the head only
         headers = response_headers_out(raw, endpoint.cluster.encode())
         try:
             event = up.conn.next_event()  # what came with the head
