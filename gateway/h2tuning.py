@@ -529,6 +529,9 @@ class ForwardingH2Connection(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
         self.incoming_buffer = FastFrameBuffer(server=not config.client_side)
+        # Which stream ids each side opens (h2 builds the enum member from the config per frame).
+        self._outbound_ids = AllowedStreamIDs(config.client_side)
+        self._inbound_ids = AllowedStreamIDs(not config.client_side)
 
     def _prepare_for_sending(self, frames: list[hyperframe.frame.Frame]) -> None:
         if not frames:
@@ -548,13 +551,16 @@ class ForwardingH2Connection(h2.connection.H2Connection):
         if priority_weight is not None or priority_depends_on is not None or priority_exclusive is not None:
             return super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on,
                                         priority_exclusive)
-        if stream_id not in self.streams:
+        stream = self.streams.get(stream_id)
+        if stream is None:
             limit = self.remote_settings.max_concurrent_streams
             count = self.open_outbound_streams
             if count + 1 > limit:
                 raise h2.exceptions.TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(self.config.client_side))
+            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+            stream = self._get_or_create_stream(stream_id, self._outbound_ids)
+        else:
+            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         machine = stream.state_machine
         headers = utf8_encode_headers(headers)
         if not machine.client and h2.utilities.is_informational_response(headers):
@@ -568,9 +574,12 @@ class ForwardingH2Connection(h2.connection.H2Connection):
             machine.process_input(StreamInputs.SEND_END_STREAM)
         if machine.trailers_sent and not end_stream:
             raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set.")
-        if machine.client and stream._authority is None:
-            stream._authority = h2.utilities.authority_from_headers(headers)
-        stream.request_method = h2.utilities.extract_method_header(headers)
+        if machine.client:  # set by the SEND_HEADERS transition on a stream this side opened
+            if stream._authority is None:
+                stream._authority = h2.utilities.authority_from_headers(headers)
+            stream.request_method = h2.utilities.extract_method_header(headers)
+        else:
+            stream.request_method = None  # what h2 finds in headers a server sends: they carry no :method
         self._data_to_send += headers_frames(stream_id, block, end_stream, stream.max_outbound_frame_size)
 
     def send_data_run(self, stream_id: int, data: bytes, end_stream: bool) -> None:
@@ -616,7 +625,7 @@ class ForwardingH2Connection(h2.connection.H2Connection):
                 raise h2.exceptions.TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
         headers = h2.connection._decode_headers(self.decoder, frame.data)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream = self._get_or_create_stream(frame.stream_id, AllowedStreamIDs(not self.config.client_side))
+        stream = self._get_or_create_stream(frame.stream_id, self._inbound_ids)
         machine = stream.state_machine
         end_stream = "END_STREAM" in flags
         if h2.utilities.is_informational_response(headers):
