@@ -3,7 +3,8 @@
 Used on both sides of the proxy: as a server for downstream connections (each request stream is
 handed to a handler task) and as a client for pooled upstream connections (many concurrent
 streams on one connection). What it owns:
-- reading: large reads (256 KiB) fed to h2; events dispatched to per-stream state;
+- reading: large reads (256 KiB) fed to h2; events dispatched to per-stream state; when a lone
+  exchange was handed work, its task runs before the reader re-arms its socket;
 - writing: one writer task flushes everything h2 has queued once per scheduling pass, so a burst
   of frames from many streams becomes one socket write; when one exchange is all the process has in
   flight, its task sends the frames that end its stream itself (`flush_stream_end`: a task hop and
@@ -108,11 +109,14 @@ class H2Stream:
         self._waiter: trio.lowlevel.Task | None = None  # the one task waiting for this stream
         self.cancel_scope: trio.CancelScope | None = None  # the handler's (server side)
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
+        """Reschedule the task waiting for this stream, if any (True when there was one)."""
         task = self._waiter
-        if task is not None:
-            self._waiter = None
-            trio.lowlevel.reschedule(task)
+        if task is None:
+            return False
+        self._waiter = None
+        trio.lowlevel.reschedule(task)
+        return True
 
     async def _wait(self) -> None:
         # A parked task rather than a fresh trio.Event per wait: one stream has one reader, and
@@ -299,10 +303,17 @@ class H2Conn:
                 except h2.exceptions.ProtocolError as exc:
                     self._protocol_error(exc)
                     return
-                self._dispatch(events)
+                woke = self._dispatch(events)
                 self.flush_soon()
                 if self.closed:
                     return
+                if woke and len(data) < READ_SIZE and H2Conn.process_streams <= QUIET_STREAMS:
+                    # A lone exchange (`QUIET_STREAMS`) was handed work and the read took all there
+                    # was: its task runs before this one re-arms its socket, so the exchange's next
+                    # send goes out first (two passes: trio runs a batch in random order). With
+                    # more in flight the passes cost more than they save.
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
             try:
                 data = await self.transport.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -335,8 +346,10 @@ class H2Conn:
         self.closed = True
         self._shutdown(f"protocol error: {exc}")
 
-    def _dispatch(self, events: list[h2.events.Event]) -> None:
+    def _dispatch(self, events: list[h2.events.Event]) -> bool:
+        """Hand each event to its stream; True if a stream's task was woken or started."""
         streams = self.streams
+        woke = False
         for event in events:
             kind = type(event)
             if kind is h2.events.DataReceived:
@@ -345,7 +358,7 @@ class H2Conn:
                     self.acknowledge(event.stream_id, event.flow_controlled_length)
                 else:
                     stream.chunks.append((event.data, event.flow_controlled_length))
-                    stream._wake()
+                    woke = stream._wake() or woke
             elif kind is h2.events.RequestReceived:
                 try:
                     check_request_headers(event.headers, self._known_names)
@@ -363,16 +376,17 @@ class H2Conn:
                 H2Conn.process_streams += 1
                 if self.on_stream is not None and self._nursery is not None:
                     self._nursery.start_soon(self._run_handler, stream)
+                    woke = True
             elif kind is h2.events.ResponseReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.headers = event.headers
-                    stream._wake()
+                    woke = stream._wake() or woke
             elif kind is h2.events.StreamEnded:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.ended = True
-                    stream._wake()
+                    woke = stream._wake() or woke
             elif kind is h2.events.TrailersReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -413,6 +427,7 @@ class H2Conn:
                 elif not streams:
                     self.closed = True
             # Other events (settings acks, pings answered by h2, priority) need nothing.
+        return woke
 
     def _malformed(self, stream: H2Stream, exc: MalformedHeaders) -> None:
         log.debug("malformed header block on stream %d: %s", stream.id, exc)

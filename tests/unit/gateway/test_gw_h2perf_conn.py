@@ -199,3 +199,57 @@ def test_h2s_state_machine_tables_hash_their_keys_in_c_and_still_find_every_tran
     machine = h2.connection.H2ConnectionStateMachine()
     machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
     assert machine.state is h2.connection.ConnectionState.CLIENT_OPEN
+
+
+class LoggedStream(trio.abc.Stream):
+    """A transport that logs when its reader asks for bytes and when it gets them."""
+
+    def __init__(self, inner: trio.abc.Stream, log: list[str]) -> None:
+        self.inner = inner
+        self.log = log
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self.log.append("read")
+        data = await self.inner.receive_some(max_bytes)
+        self.log.append("got")
+        return data
+
+    async def send_all(self, data: bytes) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def lone_request_log() -> list[str]:
+    """One request on a fresh connection; the transport's reads and the handler's start, in order."""
+    log: list[str] = []
+
+    async def handler(conn: H2Conn, stream: H2Stream) -> None:
+        log.append("handler")
+        await answer(conn, stream)
+
+    async with trio.open_nursery() as nursery:
+        ours, theirs = trio.testing.memory_stream_pair()
+        conn = H2Conn(LoggedStream(theirs, log), client_side=False, on_stream=handler)
+        nursery.start_soon(conn.run)
+        client = Client(ours)
+        await client.start()
+        await client.pump_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in client.events))
+        client.h2.send_headers(1, REQUEST, end_stream=True)
+        await client.flush()
+        await client.pump_until(lambda: client.ended(1))
+        nursery.cancel_scope.cancel()
+    return log
+
+
+async def test_a_lone_request_starts_its_handler_before_the_reader_reads_again():
+    # At low concurrency the handler's first step (which sends the request on) must not wait behind
+    # the reader re-arming its socket; trio runs a batch in random order, hence several rounds.
+    for _ in range(20):
+        log = await lone_request_log()
+        at = log.index("handler")
+        assert log[at - 1] == "got", log  # no read began between the request's arrival and its handler
