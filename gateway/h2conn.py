@@ -149,6 +149,31 @@ class H2Stream:
             self.conn.acknowledge(self.id, flow)
         return data
 
+    async def receive_available(self) -> bytes | None:
+        """Every DATA payload received so far, as one (at least one: waits for it), or None at the
+        end of the stream. A relay takes a body that arrived in several frames in one piece: one
+        acknowledgement and one send instead of one per frame."""
+        chunks = self.chunks
+        while not chunks:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return None
+            await self._wait()
+        if len(chunks) == 1:
+            data, flow = chunks.popleft()
+        else:
+            parts = []
+            flow = 0
+            while chunks:
+                part, part_flow = chunks.popleft()
+                parts.append(part)
+                flow += part_flow
+            data = b"".join(parts)
+        if flow:
+            self.conn.acknowledge(self.id, flow)
+        return data
+
     @property
     def finished(self) -> bool:
         """True when every DATA chunk has been taken and the peer ended the stream."""

@@ -560,7 +560,7 @@ class Proxy:
                 deadline = trio.current_time() + idle_s
                 if deadline - scope.deadline > slack_s:
                     scope.deadline = deadline
-                chunk = await stream.receive_chunk()
+                chunk = await stream.receive_available()  # what arrived in several frames goes on as one
                 if chunk is None:
                     break
                 counts.response_bytes += len(chunk)

@@ -253,3 +253,32 @@ async def test_a_lone_request_starts_its_handler_before_the_reader_reads_again()
         log = await lone_request_log()
         at = log.index("handler")
         assert log[at - 1] == "got", log  # no read began between the request's arrival and its handler
+
+
+async def test_receive_available_takes_every_frame_already_here_as_one_piece_and_acknowledges_it():
+    got: list[bytes | None] = []
+
+    async def relay(conn: H2Conn, stream: H2Stream) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the whole body has been read by now
+        assert stream.ended and len(stream.chunks) >= 3  # three frames (and the empty one ending it)
+        got.append(await stream.receive_available())
+        got.append(await stream.receive_available())
+        conn.send_headers(stream.id, [(b":status", b"200")], end_stream=True)
+
+    async with trio.open_nursery() as nursery:
+        ours, theirs = trio.testing.memory_stream_pair()
+        conn = H2Conn(theirs, client_side=False, on_stream=relay)
+        nursery.start_soon(conn.run)
+        client = Client(ours)
+        await client.start()
+        client.h2.send_headers(1, [(b":method", b"POST"), *REQUEST[1:]])
+        for part in (b"one,", b"two,", b"three"):
+            client.h2.send_data(1, part)
+        client.h2.end_stream(1)
+        await client.flush()
+        await client.pump_until(lambda: client.ended(1))
+        assert got == [b"one,two,three", None]
+        # All 13 bytes were handed back to the connection's flow control (h2 re-advertises them in
+        # a WINDOW_UPDATE once enough is processed).
+        assert conn.h2._inbound_flow_control_window_manager._bytes_processed == 13
+        nursery.cancel_scope.cancel()
