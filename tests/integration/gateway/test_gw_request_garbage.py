@@ -12,7 +12,6 @@ import os
 
 import httpx
 
-
 # Objects of a connection, not of a request: an HTTP/2 connection's h2 state machine holds its own
 # bound methods, and a connection that fails keeps its transport in the exception's traceback. Health
 # checks and peer probes open and close connections in the background while the test runs.
