@@ -554,11 +554,17 @@ async def compare_workers(bench: Bench, options: Options) -> dict[str, Any]:
                                                  (gw.server.pid,)), L7_SERVICE)
         await load_once(bench, routes[n], 100, 50, duration_s=None, requests=500)
     rps: dict[int, list[float]] = {1: [], 2: []}
+    busy: dict[int, list[float]] = {1: [], 2: []}  # CPUs the gateway's processes kept busy
     for _ in range(options.rounds):
         for n in (1, 2):
             sample = await load_once(bench, routes[n], 100, 50, duration_s=options.duration_s)
             rps[n].append(sample.rps)
+            if sample.cpu_us_per_req is not None:
+                busy[n].append(sample.rps * sample.cpu_us_per_req / 1e6)
     one, two = statistics.median(rps[1]), statistics.median(rps[2])
+    cpus_one = statistics.median(busy[1]) if busy[1] else None
+    cpus_two = statistics.median(busy[2]) if busy[2] else None
+    per_cpu = (two / cpus_two) / (one / cpus_one) if one and cpus_one and cpus_two else None
     return {
         "target": "isthmus-l7",
         "body_bytes": 100,
@@ -567,6 +573,12 @@ async def compare_workers(bench: Bench, options: Options) -> dict[str, Any]:
         "rps_workers_2": round(two, 1),
         "ratio": round(two / one, 3) if one else None,
         "goal": 1.8,
+        # How much CPU the workers got (h2load and nghttpd share CPU 0 with them) and their req/s per
+        # CPU against one worker's: a ratio below the goal with per-CPU throughput near 1.0 is the
+        # CPU the load generator left, not the workers' scaling.
+        "cpus_busy_workers_1": round(cpus_one, 2) if cpus_one else None,
+        "cpus_busy_workers_2": round(cpus_two, 2) if cpus_two else None,
+        "per_cpu_ratio": round(per_cpu, 3) if per_cpu else None,
         "cpus": f"gateway on CPUs {','.join(map(str, both))}, h2load and nghttpd on CPU {CLIENT_CPUS[0]}",
     }
 
@@ -816,4 +828,7 @@ def print_report(payload: dict[str, Any]) -> None:
     if workers:
         print(f"isthmus-l7 --workers 2 vs 1 (100 B x 50): {workers['rps_workers_2']:,.0f} / "
               f"{workers['rps_workers_1']:,.0f} req/s = {workers['ratio']}x")
+        if workers.get("per_cpu_ratio"):
+            print(f"  CPUs the gateway kept busy: {workers['cpus_busy_workers_2']} with 2 workers, "
+                  f"{workers['cpus_busy_workers_1']} with 1; req/s per busy CPU: {workers['per_cpu_ratio']}x one worker's")
     print(payload["notes"])
