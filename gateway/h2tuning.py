@@ -19,8 +19,8 @@ Owns:
 - `ForwardingH2Connection`: h2's `H2Connection` with stream counts that do not walk every stream
   per new stream (h2's `_open_streams` does, to reap closed ones), a frame buffer that builds the
   common received frames (unpadded DATA, complete unpadded HEADERS) without hyperframe's parsing
-  chain or moving the buffer per frame, DATA/HEADERS serialised directly, and the bytes to send
-  handed over without a copy.
+  chain, without copying a received block into its buffer first or moving the buffer per frame,
+  DATA/HEADERS serialised directly, and the bytes to send handed over without a copy.
 - `tune_h2_for_forwarding()`: process-wide, h2's streams build the DATA and HEADERS frames they
   send without hyperframe's constructor chain (same classes' behaviour, same bytes) and skip
   re-encoding header fields that are already bytes; h2's state-machine tables are keyed by enums
@@ -359,25 +359,42 @@ class FastFrameBuffer(h2.frame_buffer.FrameBuffer):
     names, which is all h2 reads from received frames). Every other frame, a frame on stream 0 and
     anything inside a CONTINUATION sequence go through h2's own parsing and checks.
 
-    Frames taken this way are not cut from the front of the buffer one by one (each cut moves
-    everything behind it: a 64 KiB read moved ~160 KiB): an offset advances, and the buffer is
-    cleared once consumed, or compacted before h2's own parser or the next read sees it."""
+    Copies are kept down: a block received while nothing else is pending is parsed where it lies
+    (not appended to the buffer first), and each frame's payload is copied out once; frames are not
+    cut from the front of the buffer one by one (each cut moved everything behind it: ~160 KiB for a
+    64 KiB read) but taken at an advancing offset. What is left when a frame is incomplete, or when
+    h2's own parser must take over, moves to the buffer (`_spill`)."""
 
     def __init__(self, server: bool = False) -> None:
         super().__init__(server=server)
-        self._pos = 0  # where the next frame starts in `_data`
+        self._src = b""  # a received block parsed in place
+        self._pos = 0  # where the next frame starts, in `_src` when it is set, else in `_data`
 
-    def _compact(self) -> None:
-        if self._pos:
+    def add_data(self, data: bytes) -> None:  # type: ignore[override]
+        if self._preamble_len or self._data or self._src or type(data) is not bytes:
+            self._spill()
+            super().add_data(data)
+            return
+        self._src = data
+        self._pos = 0
+
+    def _spill(self) -> None:
+        """Leave `_data` holding exactly the bytes not yet taken, as h2's parser expects."""
+        if self._src:
+            with memoryview(self._src) as view:
+                self._data += view[self._pos:]
+            self._src = b""
+        elif self._pos:
             del self._data[:self._pos]
-            self._pos = 0
+        self._pos = 0
 
     def __next__(self) -> hyperframe.frame.Frame:
-        data = self._data
+        src = self._src
+        data = src if src else self._data
         pos = self._pos
         end = len(data)
         if end - pos < 9 or self._headers_buffer:
-            self._compact()
+            self._spill()
             return super().__next__()
         kind = data[pos + 3]
         flags = data[pos + 4]
@@ -386,25 +403,28 @@ class FastFrameBuffer(h2.frame_buffer.FrameBuffer):
         elif kind == 0x1 and flags & 0x2C == 0x04:  # END_HEADERS, not PADDED, not PRIORITY
             frame_class = _HeadersFrame
         else:
-            self._compact()
+            self._spill()
             return super().__next__()
         stream_id = ((data[pos + 5] << 24) | (data[pos + 6] << 16) | (data[pos + 7] << 8) | data[pos + 8]) & 0x7FFFFFFF
         if not stream_id:
-            self._compact()
+            self._spill()
             return super().__next__()
         length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
         start = pos + 9
         stop = start + length
         if end < stop:
-            self._compact()
+            self._spill()
             raise StopIteration
         self._validate_frame_length(length)
         frame = frame_class.__new__(frame_class)
         frame.stream_id = stream_id
         frame.body_len = length
         frame.pad_length = 0  # type: ignore[attr-defined]
-        with memoryview(data) as view:  # one copy (slicing the bytearray, then bytes(), made two)
-            frame.data = bytes(view[start:stop])  # type: ignore[attr-defined]
+        if src:
+            frame.data = src[start:stop]  # type: ignore[attr-defined]
+        else:
+            with memoryview(data) as view:  # one copy (slicing the bytearray, then bytes(), made two)
+                frame.data = bytes(view[start:stop])  # type: ignore[attr-defined]
         if frame_class is _DataFrame:
             frame.flags = _DATA_FLAGS[flags]  # type: ignore[assignment]
         else:
@@ -413,7 +433,10 @@ class FastFrameBuffer(h2.frame_buffer.FrameBuffer):
             frame.stream_weight = 0  # type: ignore[attr-defined]
             frame.exclusive = False  # type: ignore[attr-defined]
         if stop == end:
-            data.clear()
+            if src:
+                self._src = b""
+            else:
+                data.clear()  # type: ignore[union-attr]
             self._pos = 0
         else:
             self._pos = stop
