@@ -7,9 +7,11 @@ bytes exact both ways at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -47,25 +49,36 @@ async def test_eight_megabytes_cross_exact_while_the_reader_is_slower_than_the_w
     await b.aclose()
 
 
+class Passes:
+    """Counts the scheduler's passes: a task that takes one step per pass while `counting()` runs."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def _tick(self) -> None:
+        while True:
+            self.ticks += 1
+            await trio.lowlevel.checkpoint()
+
+
+@contextlib.asynccontextmanager
+async def counting_passes() -> AsyncIterator[Passes]:
+    passes = Passes()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(passes._tick)
+        await trio.lowlevel.checkpoint()  # the ticker has started
+        yield passes
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_connection_that_always_has_data_still_lets_other_tasks_run():
     a, b = await socket_pair()
     await a.send_all(b"x" * 20_000)  # more than the reads below take: every read finds data
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as inner:
-        inner.start_soon(ticker)
-        await trio.lowlevel.checkpoint()
-        before = ticks
+    async with counting_passes() as passes:
+        before = passes.ticks
         for _ in range(YIELD_EVERY * 4):
             assert len(await b.receive_some(100)) == 100
-        after = ticks
-        inner.cancel_scope.cancel()
+        after = passes.ticks
     assert after - before >= 3  # the reader yielded about once per YIELD_EVERY reads
 
 
@@ -210,22 +223,11 @@ async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_on
     assert bytes(got["server"]) == up and bytes(got["client"]) == down
 
     # A record sent while the socket has room goes out without a pass of the scheduler.
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.lowlevel.checkpoint()
-
     raw_client._calls = 0  # not the one call in YIELD_EVERY that yields on purpose
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
-        await trio.lowlevel.checkpoint()
-        before = ticks
+    async with counting_passes() as passes:
+        before = passes.ticks
         await client.send_all(b"ping")
-        assert ticks == before
-        nursery.cancel_scope.cancel()
+        assert passes.ticks == before
     assert await server.receive_some() == b"ping"
     await trio.aclose_forcefully(client)
     await trio.aclose_forcefully(server)
