@@ -136,14 +136,20 @@ class H2Stream:
             await self._wait()
         return self.headers
 
-    async def receive_chunk(self) -> bytes | None:
-        """The next DATA payload, or None at the end of the stream."""
+    async def _data_arrived(self) -> bool:
+        """Wait until a DATA payload is here (True) or the stream has ended without one (False)."""
         while not self.chunks:
             if self.error is not None:
                 raise self.error
             if self.ended:
-                return None
+                return False
             await self._wait()
+        return True
+
+    async def receive_chunk(self) -> bytes | None:
+        """The next DATA payload, or None at the end of the stream."""
+        if not await self._data_arrived():
+            return None
         data, flow = self.chunks.popleft()
         if flow:
             self.conn.acknowledge(self.id, flow)
@@ -153,23 +159,15 @@ class H2Stream:
         """Every DATA payload received so far, as one (at least one: waits for it), or None at the
         end of the stream. A relay takes a body that arrived in several frames in one piece: one
         acknowledgement and one send instead of one per frame."""
+        if not await self._data_arrived():
+            return None
         chunks = self.chunks
-        while not chunks:
-            if self.error is not None:
-                raise self.error
-            if self.ended:
-                return None
-            await self._wait()
         if len(chunks) == 1:
             data, flow = chunks.popleft()
         else:
-            parts = []
-            flow = 0
-            while chunks:
-                part, part_flow = chunks.popleft()
-                parts.append(part)
-                flow += part_flow
-            data = b"".join(parts)
+            data = b"".join([part for part, _ in chunks])
+            flow = sum(part_flow for _, part_flow in chunks)
+            chunks.clear()
         if flow:
             self.conn.acknowledge(self.id, flow)
         return data
