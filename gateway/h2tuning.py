@@ -616,10 +616,9 @@ class ForwardingH2Connection(h2.connection.H2Connection):
             count = self.open_outbound_streams
             if count + 1 > limit:
                 raise h2.exceptions.TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
-            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        if stream is None:
             stream = self._get_or_create_stream(stream_id, self._outbound_ids)
-        else:
-            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         machine = stream.state_machine
         headers = utf8_encode_headers(headers)
         if not machine.client and h2.utilities.is_informational_response(headers):
