@@ -257,8 +257,10 @@ async def test_a_lone_request_starts_its_handler_before_the_reader_reads_again()
 
 async def test_receive_available_takes_every_frame_already_here_as_one_piece_and_acknowledges_it():
     got: list[bytes | None] = []
+    body_sent = trio.Event()
 
     async def relay(conn: H2Conn, stream: H2Stream) -> None:
+        await body_sent.wait()
         await trio.testing.wait_all_tasks_blocked()  # the whole body has been read by now
         assert stream.ended and len(stream.chunks) >= 3  # three frames (and the empty one ending it)
         got.append(await stream.receive_available())
@@ -272,10 +274,13 @@ async def test_receive_available_takes_every_frame_already_here_as_one_piece_and
         client = Client(ours)
         await client.start()
         client.h2.send_headers(1, [(b":method", b"POST"), *REQUEST[1:]])
-        for part in (b"one,", b"two,", b"three"):
+        for part in (b"one,", b"two,", b"three"):  # read one by one (frames read together are one already)
             client.h2.send_data(1, part)
+            await client.flush()
+            await trio.testing.wait_all_tasks_blocked()
         client.h2.end_stream(1)
         await client.flush()
+        body_sent.set()
         await client.pump_until(lambda: client.ended(1))
         assert got == [b"one,two,three", None]
         # All 13 bytes were handed back to the connection's flow control (h2 re-advertises them in

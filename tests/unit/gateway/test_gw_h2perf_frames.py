@@ -9,6 +9,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
+import hyperframe.frame as hf
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,3 +148,58 @@ def test_a_data_run_beyond_the_window_or_after_the_stream_ended_is_refused_as_h2
             send()
     with pytest.raises(h2.exceptions.NoSuchStreamError):
         ours.send_data_run(9, b"z", False)  # a stream that never was
+
+
+def _data_events(events: list) -> tuple[bytes, int, int, bool]:
+    data = [e for e in events if type(e) is h2.events.DataReceived]
+    return (b"".join(e.data for e in data), sum(e.flow_controlled_length for e in data), len(data),
+            any(type(e) is h2.events.StreamEnded for e in events))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 20_000), min_size=1, max_size=5), end_stream=st.booleans(),
+       after_end=st.booleans(), window=st.sampled_from([65_535, 1 << 20]))
+def test_data_frames_that_arrive_together_are_one_event_with_h2s_data_windows_and_states(
+        sizes, end_stream, after_end, window):
+    server = h2.connection.H2Connection(config=config(client_side=False))
+    server.initiate_connection()
+    preface = h2.connection.H2Connection(config=config(client_side=True))
+    preface.initiate_connection()
+    server.receive_data(preface.data_to_send())
+    ours, theirs = pair(client_side=True)
+    for conn in (ours, theirs):
+        conn.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(theirs.data_to_send())
+    ours.data_to_send()
+    server.send_headers(1, [(b":status", b"200")])
+    # Frames of any size up to the window: the server's own limits must not stop a run the client refuses.
+    server.max_outbound_frame_size = 1 << 20
+    server.outbound_flow_control_window = server.streams[1].outbound_flow_control_window = 1 << 24
+    for index, size in enumerate(sizes):
+        server.send_data(1, bytes([index]) * size, end_stream=end_stream and index == len(sizes) - 1)
+    wire = server.data_to_send()
+    if end_stream and after_end:  # a DATA frame after END_STREAM, in the same read
+        wire += hf.DataFrame(1, data=b"late").serialize()
+    outcomes = []
+    for conn in (ours, theirs):
+        conn.local_settings[h2.settings.SettingCodes.MAX_FRAME_SIZE] = 1 << 20
+        conn.local_settings.acknowledge()
+        conn.max_inbound_frame_size = 1 << 20
+        conn._inbound_flow_control_window_manager.current_window_size = window
+        conn.streams[1]._inbound_window_manager.current_window_size = window
+        try:
+            events = conn.receive_data(wire)
+        except h2.exceptions.ProtocolError as exc:
+            outcomes.append(type(exc))
+            continue
+        stream = conn.streams.get(1)
+        outcomes.append((_data_events(events), conn._inbound_flow_control_window_manager.current_window_size,
+                         stream is not None and stream.state_machine.state,
+                         stream is not None and stream._inbound_window_manager.current_window_size))
+    if isinstance(outcomes[0], tuple) and isinstance(outcomes[1], tuple):
+        (data, flow, count, ended), *rest = outcomes[0]
+        (their_data, their_flow, their_count, their_ended), *their_rest = outcomes[1]
+        assert (data, flow, ended, rest) == (their_data, their_flow, their_ended, their_rest)
+        assert count == min(their_count, 1)  # one event for the run h2 reports frame by frame
+    else:
+        assert outcomes[0] == outcomes[1]
