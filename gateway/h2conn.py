@@ -48,6 +48,7 @@ from gateway.h2tuning import (
     silence_hpack_debug_logging,
     tune_h2_for_forwarding,
 )
+from gateway.net import now_sender
 
 log = logging.getLogger("isthmus.gateway.h2")
 
@@ -208,6 +209,7 @@ class H2Conn:
         initial_data: bytes = b"",
     ) -> None:
         self.transport = transport
+        self._now = now_sender(transport)
         self.client_side = client_side
         self.on_stream = on_stream
         self.idle_timeout_s = idle_timeout_s
@@ -481,17 +483,26 @@ class H2Conn:
             if self._sending:
                 continue  # a stream's task is sending; it wakes us if more is queued when it is done
             data = self.h2.data_to_send()
-            if data and not await self._send(data):
-                return
+            if data:
+                try:
+                    rest = self._send_now(data)
+                except ConnectionGone:
+                    return
+                if rest is not None and not await self._send(rest):
+                    return
             if self.draining and not self.streams:
                 self.close()
                 return
 
     async def _send(self, data: bytes) -> bool:
-        """Send `data` as the connection's one sender; False (the connection closed) if the transport broke."""
+        """Send `data` (empty: the backlog `_send_now` left) as the connection's one sender; False
+        (the connection closed) if the transport broke."""
         self._sending = True
         try:
-            await self.transport.send_all(data)
+            if data:
+                await self.transport.send_all(data)
+            else:
+                await self._now.flush()  # type: ignore[union-attr]
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close()
             return False
@@ -499,22 +510,40 @@ class H2Conn:
             self._sending = False
         return True
 
+    def _send_now(self, data: bytes) -> bytes | None:
+        """Hand `data` to the transport without waiting if it can take it now (`NowSender`); what
+        is left for `_send`: None when it all went out, b"" when the socket left a backlog, else
+        `data` (not taken). ConnectionGone if the transport broke."""
+        now = self._now
+        if now is None:
+            return data
+        try:
+            if not now.send(data):
+                return data
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close()
+            raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed") from None
+        return b"" if now.backlogged else None
+
     async def flush_stream_end(self) -> None:
         """Send what h2 has queued. Called by a stream's task after queuing the frames that end its
         stream: when its exchange is the only one in flight in the process (`QUIET_STREAMS`) and
         nobody is sending, the task sends them itself; otherwise the writer is woken. The send is
         shielded: cancelled half-way it would leave a partial frame on a connection other streams
-        may be using by then (a blocked send still ends when the connection closes)."""
+        may be using by then (a blocked send still ends when the connection closes); a send the
+        socket takes at once (`gateway.net.NowSender`) needs no shield."""
         if self._sending or H2Conn.process_streams > QUIET_STREAMS or self.closed:
             self.flush_soon()
             return
         data = self.h2.data_to_send()
         if not data:
             return
-        with trio.CancelScope(shield=True):
-            sent = await self._send(data)
-        if not sent:
-            raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
+        rest = self._send_now(data)
+        if rest is not None:
+            with trio.CancelScope(shield=True):
+                sent = await self._send(rest)
+            if not sent:
+                raise ConnectionGone(h2.errors.ErrorCodes.CANCEL, "connection closed")
         self.flush_soon()  # what other streams queued meanwhile
         self._maybe_finish_drain()
 

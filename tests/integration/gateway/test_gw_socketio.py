@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from certs.tls import client_context, server_context
-from gateway.net import YIELD_EVERY, EagerLock, SocketIO, tls_stream
+from gateway.net import YIELD_EVERY, EagerLock, PrefixedStream, SocketIO, now_sender, tls_stream
 
 
 async def socket_pair() -> tuple[SocketIO, SocketIO]:
@@ -231,3 +231,86 @@ async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_on
     assert await server.receive_some() == b"ping"
     await trio.aclose_forcefully(client)
     await trio.aclose_forcefully(server)
+
+
+# -- sending without waiting -----------------------------------------------------------------------
+
+
+async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    got = bytearray()
+    with trio.fail_after(10):
+        while len(got) < size:
+            chunk = await stream.receive_some()
+            assert chunk, "the peer closed early"
+            got.extend(chunk)
+    return bytes(got)
+
+
+async def test_a_send_now_goes_out_at_once_and_what_finds_no_room_goes_first_on_the_next_send():
+    a, b = await socket_pair()
+    now = now_sender(PrefixedStream(a, b""))  # as the east-west listener wraps it
+    assert now is not None and now_sender(trio.testing.memory_stream_pair()[0]) is None
+    async with counting_passes() as passes:
+        before = passes.ticks
+        assert now.send(b"first,")
+        assert passes.ticks == before and not now.backlogged
+    assert await b.receive_some() == b"first,"
+
+    big = os.urandom(32 * 1024 * 1024)  # more than the socket buffers hold: nobody reads yet
+    assert now.send(big) and now.backlogged
+    assert not now.send(b"refused")  # a backlog is ahead of it: nothing taken
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, b",last")  # the backlog goes out first
+        assert await read_exactly(b, len(big) + 5) == big + b",last"
+    assert not now.backlogged
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gateway_pki):
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    raw_client = SocketIO(await trio.open_tcp_stream("127.0.0.1", port))
+    raw_server = SocketIO(await listeners[0].accept())
+    await listeners[0].aclose()
+    server = tls_stream(raw_server, server_context(gateway_pki.identity("west-1"), gateway_pki.bundle),
+                        server_side=True)
+    client = tls_stream(raw_client, client_context(gateway_pki.identity("east-1"), gateway_pki.bundle),
+                        server_hostname="west-1")
+    now = now_sender(client)
+    assert now is not None
+    assert not now.send(b"before the handshake")  # nothing taken: the handshake has not run
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        await client.do_handshake()
+
+    async with counting_passes() as passes:
+        before = passes.ticks
+        assert now.send(b"one,")
+        assert passes.ticks == before
+    big = os.urandom(16 * 1024 * 1024)
+    assert now.send(big) and now.backlogged  # the socket took part of the records
+    assert not now.send(b"refused")
+    blocked = trio.Event()
+
+    async def send_more() -> None:
+        blocked.set()
+        await client.send_all(b",two")  # waits behind the backlog
+        await now.flush()  # nothing left: returns
+        assert now.send(b",three")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_more)
+        await blocked.wait()
+        assert await read_exactly(server, 4 + len(big) + 10) == b"one," + big + b",two,three"
+
+    # A socket that breaks under a send now leaves the TLS stream broken, as trio's own send does.
+    await trio.aclose_forcefully(server)
+    with pytest.raises(trio.BrokenResourceError):
+        with trio.fail_after(5):
+            while True:
+                now.send(b"x" * 65536)
+                await now.flush()
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"after")
+    await trio.aclose_forcefully(client)
