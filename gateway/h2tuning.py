@@ -65,6 +65,10 @@ for _index, (_name, _value) in enumerate(_STATIC_TABLE, start=1):
 SENSITIVE_NAMES = frozenset({b"authorization", b"proxy-authorization"})
 # Names cached per connection; a hostile peer sending endless new names only stops the caching.
 MAX_CACHED_NAMES = 512
+# Received header blocks kept per connection (see `ForwardingDecoder`): a hostile peer sending endless
+# new blocks only starts the cache over; a block longer than this is not kept.
+MAX_CACHED_BLOCKS = 64
+MAX_CACHED_BLOCK_BYTES = 1024
 _TABLE_SIZE_ZERO = b"\x20"  # dynamic table size update to 0 (RFC 7541 section 6.3)
 
 
@@ -150,16 +154,70 @@ class ForwardingEncoder:
 
 
 class ForwardingDecoder(hpack.hpack.Decoder):
-    """hpack's `Decoder` with a faster `decode`; table, limits and errors are hpack's."""
+    """hpack's `Decoder` with a faster `decode`; table, limits and errors are hpack's.
+
+    A peer that repeats itself sends the same block again and again (a load balancer's or a
+    client's request headers, an upstream's response headers: all indexed, or literal without
+    indexing): a block that leaves the dynamic table as it was decodes the same way until the table
+    changes, so up to `MAX_CACHED_BLOCKS` such blocks are kept, and any block that changes the
+    table forgets them."""
+
+    def __init__(self, max_header_list_size: int = hpack.hpack.DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+        self._blocks: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
+        self._table_changed = False
+        super().__init__(max_header_list_size=max_header_list_size)
+
+    # A change of the limits or the table's size forgets the kept blocks: they were checked against
+    # the old ones (h2 sets these when our SETTINGS are acknowledged).
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._max_allowed_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._max_allowed_table_size = value
+        self._blocks.clear()
+
+    @property  # type: ignore[override]
+    def max_header_list_size(self) -> int:
+        return self._max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._max_header_list_size = value
+        self._blocks.clear()
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.header_table.maxsize = value
+        self._blocks.clear()
 
     def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
         """Decode one header block to (name, value) byte pairs (`raw` is always true here)."""
         if type(data) is not bytes:
             data = bytes(data)
+        blocks = self._blocks
+        known = blocks.get(data)
+        if known is not None:
+            return list(known)
+        self._table_changed = False
         try:
-            return self._decode(data)
+            headers = self._decode(data)
         except IndexError:
             raise hpack.exceptions.HPACKDecodingError("truncated header block") from None
+        finally:
+            if self._table_changed:
+                blocks.clear()
+        if not self._table_changed and len(data) <= MAX_CACHED_BLOCK_BYTES:
+            if len(blocks) >= MAX_CACHED_BLOCKS:
+                blocks.clear()
+            blocks[data] = tuple(headers)
+        return headers
 
     def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         table = self.header_table
@@ -182,6 +240,7 @@ class ForwardingDecoder(hpack.hpack.Decoder):
                 header: tuple[bytes, bytes] = static[index - 1] if 0 < index <= 61 else table.get_by_index(index)
             elif first & 0x40:  # literal, added to the table
                 name, value, pos = self._literal(data, pos, 6)
+                self._table_changed = True
                 table.add(name, value)
                 header = (name, value)
             elif first & 0x20:  # table size update
@@ -191,6 +250,7 @@ class ForwardingDecoder(hpack.hpack.Decoder):
                 pos += used
                 if size > self.max_allowed_table_size:
                     raise hpack.exceptions.InvalidTableSizeError("encoder exceeded max allowable table size")
+                self._table_changed = True
                 table.maxsize = size
                 continue
             else:  # literal without indexing (0x00) or never indexed (0x10)

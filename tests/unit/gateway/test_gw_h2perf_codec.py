@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gateway
-from gateway.h2tuning import ForwardingDecoder, ForwardingEncoder, encode_integer
+from gateway.h2tuning import MAX_CACHED_BLOCKS, ForwardingDecoder, ForwardingEncoder, encode_integer
 
 names = st.one_of(
     st.sampled_from([b":method", b":path", b":authority", b":status", b"content-type", b"user-agent",
@@ -118,3 +118,48 @@ def test_oversized_header_lists_and_tables_are_refused():
     decoder.max_allowed_table_size = 100
     with pytest.raises(hpack.exceptions.InvalidTableSizeError):
         decoder.decode(b"\x3f\xe1\x1f")  # size update to 4096
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks=st.lists(st.tuples(header_lists, st.booleans()), min_size=1, max_size=6),
+       repeats=st.lists(st.integers(0, 5), min_size=1, max_size=12), huffman=st.booleans())
+def test_a_block_decoded_again_is_what_hpack_decodes_whatever_the_table_did_meanwhile(blocks, repeats, huffman):
+    # hpack's encoder indexes what it sends: blocks that add to the table, then the same fields
+    # again as indexed blocks whose meaning changes as the table does.
+    encoder, theirs, ours = hpack.Encoder(), hpack.Decoder(), ForwardingDecoder()
+    sent = [encoder.encode(headers, huffman=huffman) for headers, _ in blocks]
+    for index in [*range(len(sent)), *repeats]:  # in order first, then any block again
+        block = sent[index % len(sent)]
+        try:
+            expected = [tuple(h) for h in theirs.decode(block, raw=True)]
+        except hpack.exceptions.HPACKError:  # e.g. an index the table no longer holds
+            with pytest.raises(hpack.exceptions.HPACKError):
+                ours.decode(block)
+            return  # a decoder is unusable after an error
+        got = ours.decode(block)
+        assert [tuple(h) for h in got] == expected
+        got.append((b"x-mutated", b"1"))  # a caller's change to the list is its own
+        assert [tuple(h) for h in ours.decode(block)] == [tuple(h) for h in theirs.decode(block, raw=True)]
+
+
+def test_a_kept_block_is_checked_again_after_the_limits_change():
+    block = hpack.Encoder().encode([(b"x-a", b"a" * 60)], huffman=False)
+    decoder = ForwardingDecoder()
+    assert decoder.decode(block) == decoder.decode(block) == [(b"x-a", b"a" * 60)]
+    decoder.max_header_list_size = 50  # as h2 sets it when our SETTINGS are acknowledged
+    with pytest.raises(hpack.exceptions.OversizedHeaderListError):
+        decoder.decode(block)
+    indexed = b"\x82"  # :method GET, from the static table: leaves the dynamic table alone
+    decoder = ForwardingDecoder()
+    decoder.decode(b"\x40\x01a\x01b")  # adds a: b (the table holds 34 bytes)
+    assert decoder.decode(indexed) == [(b":method", b"GET")]
+    decoder.max_allowed_table_size = 0  # the peer must shrink the table before its next block
+    with pytest.raises(hpack.exceptions.InvalidTableSizeError):
+        decoder.decode(indexed)
+
+
+def test_endless_new_blocks_keep_the_cache_bounded():
+    decoder = ForwardingDecoder()
+    for n in range(1000):
+        decoder.decode(ForwardingEncoder().encode([(b"x-n", str(n).encode())]))
+    assert len(decoder._blocks) <= MAX_CACHED_BLOCKS
