@@ -43,7 +43,7 @@ from gateway.h2tuning import (
     ForwardingEncoder,
     ForwardingH2Connection,
     MalformedHeaders,
-    check_request_headers,
+    RequestChecks,
     check_trailers,
     silence_hpack_debug_logging,
     tune_h2_for_forwarding,
@@ -218,7 +218,7 @@ class H2Conn:
         # loopback and LANs.
         self.h2.encoder = ForwardingEncoder()  # type: ignore[assignment]
         self.h2.decoder = ForwardingDecoder()
-        self._known_names: set[bytes] = set()
+        self._request_checks = RequestChecks()
         self.h2.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
@@ -386,7 +386,7 @@ class H2Conn:
                     woke = stream._wake() or woke
             elif kind is h2.events.RequestReceived:
                 try:
-                    check_request_headers(event.headers, self._known_names)
+                    self._request_checks.check(event.headers)
                 except MalformedHeaders as exc:
                     log.debug("malformed request headers on stream %d: %s", event.stream_id, exc)
                     self.reset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)

@@ -10,12 +10,14 @@ Owns:
   the limit (PERF-NOTES).
 - `ForwardingDecoder`: hpack's `Decoder` with a one-pass `decode` (the same table, limits and
   errors; fields come back as plain tuples, never-indexed ones as `NeverIndexedHeaderTuple` so the
-  encoder keeps them never-indexed). hpack's own loop slices memoryviews and copies per field.
+  encoder keeps them never-indexed). hpack's own loop slices memoryviews and copies per field. A
+  block that leaves the table as it was is kept and not decoded again while the table stays so.
 - `check_request_headers` / `check_trailers`: the inbound checks that protect the gateway and its
   upstreams from hostile HTTP/2 header blocks (RFC 9113 section 8.2 characters, connection-specific
   fields, pseudo-header rules, `:authority`/`host` agreement), the same rules as h2's
   `validate_headers` in one pass instead of seven chained generators. A violation is a
   `MalformedHeaders` naming the field; the connection answers it with RST_STREAM(PROTOCOL_ERROR).
+  `RequestChecks` runs them for one connection, remembering the names and lists that passed.
 - `ForwardingH2Connection`: h2's `H2Connection` with stream counts that do not walk every stream
   per new stream (h2's `_open_streams` does, to reap closed ones), a frame buffer that builds the
   common received frames (unpadded DATA, complete unpadded HEADERS) without hyperframe's parsing
@@ -66,9 +68,14 @@ SENSITIVE_NAMES = frozenset({b"authorization", b"proxy-authorization"})
 # Names cached per connection; a hostile peer sending endless new names only stops the caching.
 MAX_CACHED_NAMES = 512
 # Received header blocks kept per connection (see `ForwardingDecoder`): a hostile peer sending endless
-# new blocks only starts the cache over; a block longer than this is not kept.
-MAX_CACHED_BLOCKS = 64
+# new blocks only starts the cache over, and a block longer than `MAX_CACHED_BLOCK_BYTES`, or whose
+# header list is larger than `MAX_CACHED_LIST_SIZE` (counted as for SETTINGS_MAX_HEADER_LIST_SIZE), is
+# not kept: at most ~50 KiB per connection.
+MAX_CACHED_BLOCKS = 16
 MAX_CACHED_BLOCK_BYTES = 1024
+MAX_CACHED_LIST_SIZE = 2048
+# Request header lists a connection remembers as checked (`RequestChecks`).
+MAX_KNOWN_REQUESTS = 16
 _TABLE_SIZE_ZERO = b"\x20"  # dynamic table size update to 0 (RFC 7541 section 6.3)
 
 
@@ -165,6 +172,7 @@ class ForwardingDecoder(hpack.hpack.Decoder):
     def __init__(self, max_header_list_size: int = hpack.hpack.DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
         self._blocks: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
         self._table_changed = False
+        self._list_size = 0  # of the block decoded last
         super().__init__(max_header_list_size=max_header_list_size)
 
     # A change of the limits or the table's size forgets the kept blocks: they were checked against
@@ -213,7 +221,7 @@ class ForwardingDecoder(hpack.hpack.Decoder):
         finally:
             if self._table_changed:
                 blocks.clear()
-        if not self._table_changed and len(data) <= MAX_CACHED_BLOCK_BYTES:
+        if not self._table_changed and len(data) <= MAX_CACHED_BLOCK_BYTES and self._list_size <= MAX_CACHED_LIST_SIZE:
             if len(blocks) >= MAX_CACHED_BLOCKS:
                 blocks.clear()
             blocks[data] = tuple(headers)
@@ -262,6 +270,7 @@ class ForwardingDecoder(hpack.hpack.Decoder):
                 raise hpack.exceptions.OversizedHeaderListError(
                     f"A header list larger than {limit} has been received")
         self._assert_valid_table_size()
+        self._list_size = inflated
         return headers
 
     def _literal(self, data: bytes, pos: int, prefix_bits: int) -> tuple[bytes, bytes, int]:
@@ -382,6 +391,27 @@ def check_request_headers(headers: list[tuple[bytes, bytes]], known_names: set[b
         raise MalformedHeaders("request without :authority or host")
     if authority is not None and host is not None and authority != host:
         raise MalformedHeaders(f":authority {authority[:64]!r} and host {host[:64]!r} disagree")
+
+
+class RequestChecks:
+    """`check_request_headers` for one connection, remembering what passed: the regular field names
+    (a connection's clients repeat the same few) and, up to `MAX_KNOWN_REQUESTS`, whole header lists
+    of at most `MAX_CACHED_LIST_SIZE` (a client that repeats itself sends the same list again and
+    again; the check is a function of the list alone)."""
+
+    __slots__ = ("names", "lists")
+
+    def __init__(self) -> None:
+        self.names: set[bytes] = set()
+        self.lists: set[tuple[tuple[bytes, bytes], ...]] = set()
+
+    def check(self, headers: list[tuple[bytes, bytes]]) -> None:
+        key = tuple(headers)
+        if key in self.lists:
+            return
+        check_request_headers(headers, self.names)
+        if len(self.lists) < MAX_KNOWN_REQUESTS and sum([len(n) + len(v) + 32 for n, v in key]) <= MAX_CACHED_LIST_SIZE:
+            self.lists.add(key)
 
 
 def check_trailers(headers: list[tuple[bytes, bytes]]) -> None:

@@ -17,8 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.h2tuning import (
+    MAX_KNOWN_REQUESTS,
     FastFrameBuffer,
     MalformedHeaders,
+    RequestChecks,
     SentDataFrame,
     SentHeadersFrame,
     check_request_headers,
@@ -213,3 +215,19 @@ def test_header_encoding_for_h2_matches_h2s_own():
                NeverIndexedHeaderTuple("x-c", b"2")]
     ours, theirs = utf8_encode_headers(headers), h2.utilities.utf8_encode_headers(headers)
     assert ours == theirs and [type(h) for h in ours] == [type(h) for h in theirs]
+
+
+def test_a_connections_checks_remember_what_passed_and_still_refuse_what_does_not():
+    checks = RequestChecks()
+    good = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.b"), (b":path", b"/")]
+    for _ in range(3):
+        checks.check(good)
+    assert checks.lists == {tuple(good)} and not checks.names
+    with pytest.raises(MalformedHeaders):
+        checks.check(good + [(b"connection", b"close")])  # never remembered, refused each time
+    with pytest.raises(MalformedHeaders):
+        checks.check(good + [(b"connection", b"close")])
+    checks.check(good + [(b"x-big", b"v" * 4096)])  # passes, too large to keep
+    for n in range(100):
+        checks.check(good + [(b"x-n", str(n).encode())])
+    assert len(checks.lists) <= MAX_KNOWN_REQUESTS and tuple(good + [(b"x-big", b"v" * 4096)]) not in checks.lists

@@ -158,8 +158,13 @@ def test_a_kept_block_is_checked_again_after_the_limits_change():
         decoder.decode(indexed)
 
 
-def test_endless_new_blocks_keep_the_cache_bounded():
+def test_endless_new_blocks_keep_the_cache_bounded_and_large_lists_are_not_kept():
     decoder = ForwardingDecoder()
     for n in range(1000):
         decoder.decode(ForwardingEncoder().encode([(b"x-n", str(n).encode())]))
     assert len(decoder._blocks) <= MAX_CACHED_BLOCKS
+    decoder = ForwardingDecoder()
+    decoder.decode(b"\x40\x01a" + encode_integer(1000, 7) + b"v" * 1000)  # a: 1000 bytes, added to the table
+    repeated = b"\xbe" * 60  # a small block: that field 60 times, about 60 KB of headers
+    assert len(decoder.decode(repeated)) == 60
+    assert not decoder._blocks
