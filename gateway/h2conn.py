@@ -48,7 +48,7 @@ from gateway.h2tuning import (
     silence_hpack_debug_logging,
     tune_h2_for_forwarding,
 )
-from gateway.net import now_sender
+from gateway.net import now_sender, receiver
 
 log = logging.getLogger("isthmus.gateway.h2")
 
@@ -210,6 +210,7 @@ class H2Conn:
     ) -> None:
         self.transport = transport
         self._now = now_sender(transport)
+        self._receive = receiver(transport)
         self.client_side = client_side
         self.on_stream = on_stream
         self.idle_timeout_s = idle_timeout_s
@@ -340,7 +341,7 @@ class H2Conn:
                     await trio.lowlevel.checkpoint()
                     await trio.lowlevel.checkpoint()
             try:
-                data = await self.transport.receive_some(READ_SIZE)
+                data = await self._receive(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:

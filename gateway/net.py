@@ -314,14 +314,84 @@ _TLS_OK = trio._ssl._State.OK
 _TLS_BROKEN = trio._ssl._State.BROKEN
 
 
-def now_sender(stream: trio.abc.Stream) -> NowSender | None:
-    """A `NowSender` for `stream` (a `SocketIO`, or TLS over one), or None."""
+class TLSReceiver:
+    """Receives on a `trio.SSLStream` (for the data plane's HTTP/2 reader).
+
+    When the TLS layer holds nothing (no bytes waiting to be decrypted, nothing decrypted and not
+    taken, no other receive under way), the next record can only come from the socket: it is read
+    and decrypted directly, rather than through `trio.SSLStream`'s retry loop, which first tries a
+    decryption that fails. Every record already complete after that read is decrypted too and
+    returned together (trio returns one record, at most 16 KiB, per call). Anything else (a partial
+    record, an alert, the end of the stream, the stream not ready) is left to `trio.SSLStream`,
+    with the bytes already handed to it; a record that needs an answer (a TLS 1.3 key update) has
+    it sent before the data is returned."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, tls: trio.SSLStream) -> None:
+        self.tls = tls
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        tls = self.tls
+        ssl_object = tls._ssl_object
+        if (tls._state is not _TLS_OK or not tls._handshook.done or tls._incoming.pending
+                or tls._inner_recv_lock.locked() or ssl_object.pending()):
+            return await tls.receive_some(max_bytes)  # type: ignore[return-value]
+        async with tls._inner_recv_lock:
+            data = await tls.transport_stream.receive_some(max_bytes)
+            if data:
+                tls._incoming.write(data)
+            else:
+                tls._incoming.write_eof()
+            tls._inner_recv_count += 1
+        try:
+            received = ssl_object.read(max_bytes)
+        except ssl.SSLError:
+            return await tls.receive_some(max_bytes)  # type: ignore[return-value]
+        if len(received) < max_bytes and (tls._incoming.pending or ssl_object.pending()):
+            parts = [received]
+            taken = len(received)
+            while taken < max_bytes:
+                try:
+                    more = ssl_object.read(max_bytes - taken)
+                except ssl.SSLError:  # the next record is not all here (or fails): for the next call
+                    break
+                if not more:
+                    break
+                parts.append(more)
+                taken += len(more)
+            received = b"".join(parts)
+        if tls._outgoing.pending:
+            with trio.CancelScope(shield=True):  # the decrypted bytes must not be lost to a cancel
+                await tls._retry(_nothing)  # sends what the record asked for, as trio would
+        return received
+
+
+def _nothing() -> None:
+    return None
+
+
+def _socket_io_under(stream: trio.abc.Stream) -> SocketIO | None:
+    """The `SocketIO` a data-plane stream (a `SocketIO`, or TLS over one) runs on, or None."""
     inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     while isinstance(inner, PrefixedStream):  # its replayed prefix is on the receiving side only
         inner = inner.inner
-    if not isinstance(inner, SocketIO):
+    return inner if isinstance(inner, SocketIO) else None
+
+
+def now_sender(stream: trio.abc.Stream) -> NowSender | None:
+    """A `NowSender` for `stream` (a `SocketIO`, or TLS over one), or None."""
+    sock = _socket_io_under(stream)
+    if sock is None:
         return None
-    return TLSNowSender(stream, inner) if isinstance(stream, trio.SSLStream) else NowSender(inner)
+    return TLSNowSender(stream, sock) if isinstance(stream, trio.SSLStream) else NowSender(sock)
+
+
+def receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]]:
+    """`stream.receive_some`, or for TLS a `TLSReceiver`'s."""
+    if isinstance(stream, trio.SSLStream):
+        return TLSReceiver(stream).receive_some
+    return stream.receive_some  # type: ignore[return-value]
 
 
 async def open_listener(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> trio.SocketListener:

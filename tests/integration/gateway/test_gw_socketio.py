@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from certs.tls import client_context, server_context
-from gateway.net import YIELD_EVERY, EagerLock, PrefixedStream, SocketIO, now_sender, tls_stream
+from gateway.net import YIELD_EVERY, EagerLock, PrefixedStream, SocketIO, now_sender, receiver, tls_stream
 
 
 async def socket_pair() -> tuple[SocketIO, SocketIO]:
@@ -314,3 +314,71 @@ async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gate
     with pytest.raises(trio.BrokenResourceError):
         await client.send_all(b"after")
     await trio.aclose_forcefully(client)
+
+
+async def tls_pair(gateway_pki) -> tuple[trio.SSLStream, trio.SSLStream, SocketIO]:
+    """A handshaken mutual-TLS (server, client) over one loopback connection, and the client's socket."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    raw_client = SocketIO(await trio.open_tcp_stream("127.0.0.1", port))
+    raw_server = SocketIO(await listeners[0].accept())
+    await listeners[0].aclose()
+    server = tls_stream(raw_server, server_context(gateway_pki.identity("west-1"), gateway_pki.bundle),
+                        server_side=True)
+    client = tls_stream(raw_client, client_context(gateway_pki.identity("east-1"), gateway_pki.bundle),
+                        server_hostname="west-1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        await client.do_handshake()
+    return server, client, raw_client
+
+
+async def test_the_tls_receiver_returns_every_complete_record_at_once_and_the_end_as_trio_does(gateway_pki):
+    server, client, raw_client = await tls_pair(gateway_pki)
+    receive = receiver(server)
+    payload = os.urandom(100_000)  # seven records
+    await client.send_all(payload)
+    await trio.testing.wait_all_tasks_blocked()
+    got = await receive(262_144)
+    assert payload.startswith(got) and len(got) > 16_384  # trio's own receive returns one record
+    got += await read_exactly_with(receive, len(payload) - len(got))
+    assert got == payload
+    assert len(await receive_after(client, receive, b"x" * 10, 4)) == 4  # at most what was asked for
+    assert await receive(100) == b"x" * 6
+    # A record split across reads, then the end: close_notify reads as b"".
+    record = os.urandom(5000)
+    await client.send_all(record)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await read_exactly_with(receive, 5000) == record
+    await client.aclose()
+    with trio.fail_after(5):
+        assert await receive(100) == b""
+    await trio.aclose_forcefully(server)
+
+    # The socket closing without close_notify is an error (the gateway's streams are not HTTPS-compatible).
+    server, client, raw_client = await tls_pair(gateway_pki)
+    receive = receiver(server)
+    await client.send_all(b"last")
+    assert await receive(100) == b"last"
+    await raw_client.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        with trio.fail_after(5):
+            await receive(100)
+    await trio.aclose_forcefully(server)
+    assert receiver(raw_client) == raw_client.receive_some  # not TLS: the stream's own
+
+
+async def read_exactly_with(receive, size: int) -> bytes:
+    got = bytearray()
+    with trio.fail_after(10):
+        while len(got) < size:
+            chunk = await receive(262_144)
+            assert chunk, "the peer closed early"
+            got.extend(chunk)
+    return bytes(got)
+
+
+async def receive_after(sender: trio.SSLStream, receive, data: bytes, max_bytes: int) -> bytes:
+    await sender.send_all(data)
+    await trio.testing.wait_all_tasks_blocked()
+    return await receive(max_bytes)
