@@ -195,7 +195,9 @@ async def test_a_free_eager_lock_takes_no_schedule_point_and_waiters_get_it_in_o
     assert not lock.locked()
 
 
-async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_once(gateway_pki):
+async def tls_pair(gateway_pki, *, handshake: bool = True) -> tuple[trio.SSLStream, trio.SSLStream, SocketIO]:
+    """Mutual TLS (server, client) over one loopback connection, handshaken unless asked not to, and
+    the client's socket."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     raw_client = SocketIO(await trio.open_tcp_stream("127.0.0.1", port))
@@ -205,6 +207,15 @@ async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_on
                         server_side=True)
     client = tls_stream(raw_client, client_context(gateway_pki.identity("east-1"), gateway_pki.bundle),
                         server_hostname="west-1")
+    if handshake:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            await client.do_handshake()
+    return server, client, raw_client
+
+
+async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_once(gateway_pki):
+    server, client, raw_client = await tls_pair(gateway_pki, handshake=False)
     up, down = os.urandom(4 * 1024 * 1024), os.urandom(4 * 1024 * 1024)
     got = {"server": bytearray(), "client": bytearray()}
 
@@ -268,15 +279,7 @@ async def test_a_send_now_goes_out_at_once_and_what_finds_no_room_goes_first_on_
 
 
 async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gateway_pki):
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    raw_client = SocketIO(await trio.open_tcp_stream("127.0.0.1", port))
-    raw_server = SocketIO(await listeners[0].accept())
-    await listeners[0].aclose()
-    server = tls_stream(raw_server, server_context(gateway_pki.identity("west-1"), gateway_pki.bundle),
-                        server_side=True)
-    client = tls_stream(raw_client, client_context(gateway_pki.identity("east-1"), gateway_pki.bundle),
-                        server_hostname="west-1")
+    server, client, raw_client = await tls_pair(gateway_pki, handshake=False)
     now = now_sender(client)
     assert now is not None
     assert not now.send(b"before the handshake")  # nothing taken: the handshake has not run
@@ -314,23 +317,6 @@ async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gate
     with pytest.raises(trio.BrokenResourceError):
         await client.send_all(b"after")
     await trio.aclose_forcefully(client)
-
-
-async def tls_pair(gateway_pki) -> tuple[trio.SSLStream, trio.SSLStream, SocketIO]:
-    """A handshaken mutual-TLS (server, client) over one loopback connection, and the client's socket."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    raw_client = SocketIO(await trio.open_tcp_stream("127.0.0.1", port))
-    raw_server = SocketIO(await listeners[0].accept())
-    await listeners[0].aclose()
-    server = tls_stream(raw_server, server_context(gateway_pki.identity("west-1"), gateway_pki.bundle),
-                        server_side=True)
-    client = tls_stream(raw_client, client_context(gateway_pki.identity("east-1"), gateway_pki.bundle),
-                        server_hostname="west-1")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.do_handshake)
-        await client.do_handshake()
-    return server, client, raw_client
 
 
 async def test_the_tls_receiver_returns_every_complete_record_at_once_and_the_end_as_trio_does(gateway_pki):
