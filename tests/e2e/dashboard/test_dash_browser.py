@@ -60,6 +60,9 @@ def wait_for(driver, script: str, timeout_s: float = 10.0):
 def load_and_check(driver, url: str) -> dict:
     driver.get(f"{url}/dashboard/")
     wait_for(driver, "return document.body.dataset.loaded === '1'")
+    # Chromium records paint timings once the frame is presented, which under load can come after
+    # the page's own "loaded" mark: wait for the entry (a page that never paints still fails here).
+    wait_for(driver, "return performance.getEntriesByType('paint').some(e => e.name === 'first-contentful-paint')")
     paint = driver.execute_script("""
         const p = Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]));
         const d = performance.getEntriesByName('isthmus-first-data')[0];
