@@ -519,7 +519,7 @@ class H2Conn:
         if now is None:
             return data
         try:
-            if not now.send(data):
+            if not now.send_now(data):
                 return data
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close()

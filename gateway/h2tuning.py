@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -160,6 +161,20 @@ class ForwardingEncoder:
         return b"".join(parts)
 
 
+class _ForgetsKeptBlocks:
+    """A `ForwardingDecoder` limit whose change forgets the blocks the decoder kept."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = "_" + name
+
+    def __get__(self, decoder: Any, owner: type | None = None) -> Any:
+        return self if decoder is None else getattr(decoder, self.attribute)
+
+    def __set__(self, decoder: Any, value: int) -> None:
+        setattr(decoder, self.attribute, value)
+        decoder._blocks.clear()
+
+
 class ForwardingDecoder(hpack.hpack.Decoder):
     """hpack's `Decoder` with a faster `decode`; table, limits and errors are hpack's.
 
@@ -177,24 +192,8 @@ class ForwardingDecoder(hpack.hpack.Decoder):
 
     # A change of the limits or the table's size forgets the kept blocks: they were checked against
     # the old ones (h2 sets these when our SETTINGS are acknowledged).
-
-    @property
-    def max_allowed_table_size(self) -> int:
-        return self._max_allowed_table_size
-
-    @max_allowed_table_size.setter
-    def max_allowed_table_size(self, value: int) -> None:
-        self._max_allowed_table_size = value
-        self._blocks.clear()
-
-    @property  # type: ignore[override]
-    def max_header_list_size(self) -> int:
-        return self._max_header_list_size
-
-    @max_header_list_size.setter
-    def max_header_list_size(self, value: int) -> None:
-        self._max_header_list_size = value
-        self._blocks.clear()
+    max_allowed_table_size = _ForgetsKeptBlocks()
+    max_header_list_size = _ForgetsKeptBlocks()
 
     @property
     def header_table_size(self) -> int:

@@ -24,7 +24,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -122,8 +122,7 @@ class SocketIO(trio.abc.HalfCloseableStream):
                 except OSError as exc:
                     raise _stream_error(exc) from exc
 
-    # Sending without waiting (`SendsNow`): a stream's task that sends the frames ending its
-    # exchange needs no cancel shield when the socket takes them at once.
+    # Sending without waiting: `SocketIO` is a `NowSender` itself.
 
     def can_send_now(self) -> bool:
         """True when no send is under way or backlogged, so `send_now` would take data."""
@@ -249,41 +248,36 @@ class PrefixedStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
-class NowSender:
-    """Sends on a data-plane stream without waiting, when it can: `send(data)` hands `data` to the
-    socket at once and returns True, or returns False having taken nothing (a send is under way,
-    waiting or backlogged). What the socket had no room for is its backlog (`backlogged`), which
-    goes out first on the stream's next send; `flush()` sends it.
+class NowSender(Protocol):
+    """Sends on a data-plane stream without waiting, when it can: `send_now(data)` hands `data` to
+    the socket at once and returns True, or returns False having taken nothing (a send is under
+    way, waiting or backlogged). What the socket had no room for is its backlog (`backlogged`),
+    which goes out first on the stream's next send; `flush()` sends it. `SocketIO` is one;
+    `TLSNowSender` is one for TLS over a `SocketIO`.
 
     A stream's task sending the frames that end its exchange needs no cancel shield (a trio cancel
     scope costs about as much as the send) when the socket takes them at once, which on a quiet
     connection it nearly always does."""
 
-    def __init__(self, sock: SocketIO) -> None:
-        self.sock = sock
-
-    def send(self, data: bytes | bytearray) -> bool:
-        return self.sock.send_now(data)
+    def send_now(self, data: bytes | bytearray) -> bool: ...
 
     @property
-    def backlogged(self) -> bool:
-        return self.sock.backlogged
+    def backlogged(self) -> bool: ...
 
-    async def flush(self) -> None:
-        await self.sock.flush()
+    async def flush(self) -> None: ...
 
 
-class TLSNowSender(NowSender):
+class TLSNowSender:
     """`NowSender` for a `trio.SSLStream` over a `SocketIO`: the record is made and handed to the
     socket at once, and only when nothing is ahead of it (no send under way or waiting, no record
     pending in the stream, no backlog), so records reach the wire in the order they were made, as
     `trio.SSLStream` itself keeps them."""
 
     def __init__(self, tls: trio.SSLStream, sock: SocketIO) -> None:
-        super().__init__(sock)
         self.tls = tls
+        self.sock = sock
 
-    def send(self, data: bytes | bytearray) -> bool:
+    def send_now(self, data: bytes | bytearray) -> bool:
         tls = self.tls
         if (not data or tls._state is not _TLS_OK or not tls._handshook.done or tls._inner_send_lock.locked()
                 or tls._outgoing.pending or tls._delayed_outgoing is not None or not self.sock.can_send_now()):
@@ -298,6 +292,10 @@ class TLSNowSender(NowSender):
             tls._state = _TLS_BROKEN
             raise
         return True
+
+    @property
+    def backlogged(self) -> bool:
+        return self.sock.backlogged
 
     async def flush(self) -> None:
         if not self.sock.backlogged:
@@ -384,7 +382,7 @@ def now_sender(stream: trio.abc.Stream) -> NowSender | None:
     sock = _socket_io_under(stream)
     if sock is None:
         return None
-    return TLSNowSender(stream, sock) if isinstance(stream, trio.SSLStream) else NowSender(sock)
+    return TLSNowSender(stream, sock) if isinstance(stream, trio.SSLStream) else sock
 
 
 def receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]]:

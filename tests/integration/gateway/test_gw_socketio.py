@@ -263,13 +263,13 @@ async def test_a_send_now_goes_out_at_once_and_what_finds_no_room_goes_first_on_
     assert now is not None and now_sender(trio.testing.memory_stream_pair()[0]) is None
     async with counting_passes() as passes:
         before = passes.ticks
-        assert now.send(b"first,")
+        assert now.send_now(b"first,")
         assert passes.ticks == before and not now.backlogged
     assert await b.receive_some() == b"first,"
 
     big = os.urandom(32 * 1024 * 1024)  # more than the socket buffers hold: nobody reads yet
-    assert now.send(big) and now.backlogged
-    assert not now.send(b"refused")  # a backlog is ahead of it: nothing taken
+    assert now.send_now(big) and now.backlogged
+    assert not now.send_now(b"refused")  # a backlog is ahead of it: nothing taken
     async with trio.open_nursery() as nursery:
         nursery.start_soon(a.send_all, b",last")  # the backlog goes out first
         assert await read_exactly(b, len(big) + 5) == big + b",last"
@@ -282,25 +282,25 @@ async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gate
     server, client, raw_client = await tls_pair(gateway_pki, handshake=False)
     now = now_sender(client)
     assert now is not None
-    assert not now.send(b"before the handshake")  # nothing taken: the handshake has not run
+    assert not now.send_now(b"before the handshake")  # nothing taken: the handshake has not run
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.do_handshake)
         await client.do_handshake()
 
     async with counting_passes() as passes:
         before = passes.ticks
-        assert now.send(b"one,")
+        assert now.send_now(b"one,")
         assert passes.ticks == before
     big = os.urandom(16 * 1024 * 1024)
-    assert now.send(big) and now.backlogged  # the socket took part of the records
-    assert not now.send(b"refused")
+    assert now.send_now(big) and now.backlogged  # the socket took part of the records
+    assert not now.send_now(b"refused")
     blocked = trio.Event()
 
     async def send_more() -> None:
         blocked.set()
         await client.send_all(b",two")  # waits behind the backlog
         await now.flush()  # nothing left: returns
-        assert now.send(b",three")
+        assert now.send_now(b",three")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_more)
@@ -312,7 +312,7 @@ async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gate
     with pytest.raises(trio.BrokenResourceError):
         with trio.fail_after(5):
             while True:
-                now.send(b"x" * 65536)
+                now.send_now(b"x" * 65536)
                 await now.flush()
     with pytest.raises(trio.BrokenResourceError):
         await client.send_all(b"after")
