@@ -10,6 +10,7 @@ local endpoints:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -322,6 +323,13 @@ async def open_topology(pki: TestPki, *, east_settings: dict | None = None,
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def settled_fds() -> int:
+    """The open fd count once the collector has run, so that a socket an earlier test left to it cannot
+    close in the middle of a test (hiding a leak, or failing an exact comparison)."""
+    gc.collect()
+    return open_fds()
 
 
 def blocking_socket(address: tuple[str, int]) -> socket.socket:

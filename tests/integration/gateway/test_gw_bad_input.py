@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from certs.testing import make_pki
 from certs.tls import client_context
-from tests.integration.gateway.support import TopologyThread, metric_value, open_fds
+from tests.integration.gateway.support import TopologyThread, metric_value, settled_fds
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -46,7 +46,7 @@ def baseline(shared):
 
     good_request(shared)
     good_request(shared, http2=True)
-    fds, tasks, streams = open_fds(), shared.tasks_living(), shared.call(lambda: H2Conn.process_streams)
+    fds, tasks, streams = settled_fds(), shared.tasks_living(), shared.call(lambda: H2Conn.process_streams)
     yield
     after = shared.settle(fds, tasks)
     assert after[0] <= fds, f"file descriptors leaked: {fds} before, {after[0]} after"

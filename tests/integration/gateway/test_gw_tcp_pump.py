@@ -4,7 +4,6 @@ pipes it opened are closed when it returns (the fd count is back where it was)."
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import threading
@@ -14,10 +13,7 @@ import trio
 import trio.testing
 
 from gateway import splice, tcp
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+from tests.integration.gateway.support import settled_fds
 
 
 async def connected_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -46,7 +42,7 @@ def pump_kind(request, monkeypatch):
 
 
 async def test_bytes_cross_both_ways_at_once_with_half_close_and_exact_counts(pump_kind):
-    baseline = open_fds()
+    baseline = settled_fds()
     client, downstream = await connected_pair()  # client -> gateway
     upstream, endpoint = await connected_pair()  # gateway -> endpoint
     request, response = os.urandom(3_000_000), os.urandom(5_000_000)
@@ -80,11 +76,11 @@ async def test_bytes_cross_both_ways_at_once_with_half_close_and_exact_counts(pu
     assert (counts.sent, counts.received) == (len(request) + 6, len(response))
     for stream in (client, downstream, upstream, endpoint):
         await stream.aclose()
-    assert open_fds() == baseline
+    assert settled_fds() == baseline
 
 
 async def test_a_reset_endpoint_ends_the_pump_and_leaks_nothing(pump_kind):
-    baseline = open_fds()
+    baseline = settled_fds()
     client, downstream = await connected_pair()
     upstream, endpoint = await connected_pair()
     with trio.fail_after(10):
@@ -99,7 +95,7 @@ async def test_a_reset_endpoint_ends_the_pump_and_leaks_nothing(pump_kind):
             assert await receive_all(client) == b""
     for stream in (client, downstream, upstream):
         await stream.aclose()
-    assert open_fds() == baseline
+    assert settled_fds() == baseline
 
 
 # The splice engine (`gateway.splice`): one thread pumps every plain-socket pair of the process.
@@ -114,8 +110,7 @@ needs_splice = pytest.mark.skipif(not splice.available(), reason="os.splice is L
 
 @needs_splice
 async def test_many_pairs_at_once_arrive_byte_exact_and_the_engine_stops_after_the_last():
-    gc.collect()  # sockets an earlier test left to the collector must not close mid-test and hide a leak
-    baseline = open_fds()
+    baseline = settled_fds()
 
     async def one_pair(size: int) -> None:
         client, downstream = await connected_pair()
@@ -145,8 +140,7 @@ async def test_many_pairs_at_once_arrive_byte_exact_and_the_engine_stops_after_t
             for index in range(12):
                 nursery.start_soon(one_pair, 100_000 * (index + 1))
     assert engine_threads() == []
-    gc.collect()
-    assert open_fds() == baseline
+    assert settled_fds() == baseline
 
 
 @needs_splice
