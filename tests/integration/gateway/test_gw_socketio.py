@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -247,11 +247,12 @@ async def test_mutual_tls_over_the_gateways_stream_carries_both_directions_at_on
 # -- sending without waiting -----------------------------------------------------------------------
 
 
-async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+async def read_exactly(receive: Callable[[int], Awaitable[bytes]], size: int) -> bytes:
+    """`size` bytes from `receive` (a stream's `receive_some`, or a `receiver`)."""
     got = bytearray()
     with trio.fail_after(10):
         while len(got) < size:
-            chunk = await stream.receive_some()
+            chunk = await receive(262_144)
             assert chunk, "the peer closed early"
             got.extend(chunk)
     return bytes(got)
@@ -272,7 +273,7 @@ async def test_a_send_now_goes_out_at_once_and_what_finds_no_room_goes_first_on_
     assert not now.send_now(b"refused")  # a backlog is ahead of it: nothing taken
     async with trio.open_nursery() as nursery:
         nursery.start_soon(a.send_all, b",last")  # the backlog goes out first
-        assert await read_exactly(b, len(big) + 5) == big + b",last"
+        assert await read_exactly(b.receive_some, len(big) + 5) == big + b",last"
     assert not now.backlogged
     await a.aclose()
     await b.aclose()
@@ -305,7 +306,7 @@ async def test_tls_records_sent_now_and_by_send_all_reach_the_peer_in_order(gate
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_more)
         await blocked.wait()
-        assert await read_exactly(server, 4 + len(big) + 10) == b"one," + big + b",two,three"
+        assert await read_exactly(server.receive_some, 4 + len(big) + 10) == b"one," + big + b",two,three"
 
     # A socket that breaks under a send now leaves the TLS stream broken, as trio's own send does.
     await trio.aclose_forcefully(server)
@@ -327,7 +328,7 @@ async def test_the_tls_receiver_returns_every_complete_record_at_once_and_the_en
     await trio.testing.wait_all_tasks_blocked()
     got = await receive(262_144)
     assert payload.startswith(got) and len(got) > 16_384  # trio's own receive returns one record
-    got += await read_exactly_with(receive, len(payload) - len(got))
+    got += await read_exactly(receive, len(payload) - len(got))
     assert got == payload
     assert len(await receive_after(client, receive, b"x" * 10, 4)) == 4  # at most what was asked for
     assert await receive(100) == b"x" * 6
@@ -335,7 +336,7 @@ async def test_the_tls_receiver_returns_every_complete_record_at_once_and_the_en
     record = os.urandom(5000)
     await client.send_all(record)
     await trio.testing.wait_all_tasks_blocked()
-    assert await read_exactly_with(receive, 5000) == record
+    assert await read_exactly(receive, 5000) == record
     await client.aclose()
     with trio.fail_after(5):
         assert await receive(100) == b""
@@ -352,16 +353,6 @@ async def test_the_tls_receiver_returns_every_complete_record_at_once_and_the_en
             await receive(100)
     await trio.aclose_forcefully(server)
     assert receiver(raw_client) == raw_client.receive_some  # not TLS: the stream's own
-
-
-async def read_exactly_with(receive, size: int) -> bytes:
-    got = bytearray()
-    with trio.fail_after(10):
-        while len(got) < size:
-            chunk = await receive(262_144)
-            assert chunk, "the peer closed early"
-            got.extend(chunk)
-    return bytes(got)
 
 
 async def receive_after(sender: trio.SSLStream, receive, data: bytes, max_bytes: int) -> bytes:
