@@ -9,7 +9,9 @@ Owns the benchmark's topology and arithmetic:
   passthrough to the TLS upstream), `isthmus-l7` (the east-west listener, `http` mode, to the h2c
   upstream), `isthmus-passthrough` (east-west, `passthrough` mode, to the TLS upstream) and
   `isthmus-pair` (h2c into one gateway's outbound listener, mutual TLS to a second gateway's
-  east-west listener, then the h2c upstream);
+  east-west listener, then the h2c upstream), and `h2-floor` (`benchmarks/h2floor.py`: the gateway's
+  own mutual-TLS HTTP/2 plumbing, `gateway.h2conn` on trio, with a handler that only forwards, to
+  the h2c upstream: the floor under any L7 gateway built on these pieces, rated like `isthmus-l7`);
 - mutual TLS is originated identically for every TLS target: a preloaded library makes h2load
   present a client certificate (or, when it cannot be built, a HAProxy on the load generator's CPU
   turns h2c into mutual TLS);
@@ -51,16 +53,17 @@ from federation.errors import FederationError, UsageError
 
 HELP = "gateway req/s, latency and proxy CPU per request against HAProxy (h2load, nghttpd)"
 
-TARGETS = ("direct", "haproxy-l7", "haproxy-tcp", "isthmus-l7", "isthmus-passthrough", "isthmus-pair")
+TARGETS = ("direct", "haproxy-l7", "haproxy-tcp", "isthmus-l7", "isthmus-passthrough", "isthmus-pair", "h2-floor")
 BODIES = {100: "/100b", 65536: "/64k"}
 # streams -> (connections, concurrent streams per connection)
 SHAPES = {1: (1, 1), 50: (10, 5)}
 # Which HAProxy mode each Isthmus target is rated against, and the goals for one worker.
-VERSUS = {"isthmus-l7": "haproxy-l7", "isthmus-passthrough": "haproxy-tcp"}
+VERSUS = {"isthmus-l7": "haproxy-l7", "isthmus-passthrough": "haproxy-tcp", "h2-floor": "haproxy-l7"}
 EFFICIENCY_GOALS = {("isthmus-l7", 100): 0.10, ("isthmus-l7", 65536): 0.45,
                     ("isthmus-passthrough", 100): 0.50, ("isthmus-passthrough", 65536): 0.85}
 ADDED_P50_GOALS_MS = {"isthmus-l7": 0.5, "isthmus-passthrough": 0.15, "isthmus-pair": 0.5}
-HOPS = {"haproxy-l7": 1, "haproxy-tcp": 1, "isthmus-l7": 1, "isthmus-passthrough": 1, "isthmus-pair": 2}
+HOPS = {"haproxy-l7": 1, "haproxy-tcp": 1, "isthmus-l7": 1, "isthmus-passthrough": 1, "isthmus-pair": 2,
+        "h2-floor": 1}
 
 TRUST_DOMAIN = "mesh.example"
 CLUSTER = "bench"  # the gateway under test (east-west) and the upstream
@@ -71,7 +74,9 @@ L7_SERVICE = "echo.bench"  # gateway_mode http, h2c endpoint
 TLS_SERVICE = "echo-tls.bench"  # gateway_mode passthrough, TLS endpoint
 TLS13_SUITE = "TLS_AES_128_GCM_SHA256"
 HOST = "127.0.0.1"
-HAPROXY_TEMPLATES = Path(__file__).resolve().parents[2] / "benchmarks" / "haproxy"
+REPO = Path(__file__).resolve().parents[2]
+HAPROXY_TEMPLATES = REPO / "benchmarks" / "haproxy"
+H2_FLOOR = REPO / "benchmarks" / "h2floor.py"
 
 CLIENT_CPUS = (0,)
 PROXY_CPUS = (1,)
@@ -367,6 +372,15 @@ class Bench:
             host = L7_SERVICE if target == "isthmus-l7" else TLS_SERVICE
             route = Route(target, host, gw.eastwest_port, True, (gw.server.pid,))
             return await self.via_origin(route, host)
+        if target == "h2-floor":
+            port = lt.free_port()
+            identity = self.pki.dir / "clusters" / CLUSTER / "identities" / "gateway"
+            argv = [sys.executable, str(H2_FLOOR), "--listen", f"{HOST}:{port}", "--upstream", f"{HOST}:{self.up_h2c}",
+                    "--cert", str(identity / "chain.pem"), "--key", str(identity / "key.pem"),
+                    "--ca", str(self.pki.bundle)]
+            server = await self.group.start(target, argv, cpus=PROXY_CPUS, ready_port=(HOST, port),
+                                            env={"PYTHONPATH": str(REPO)})
+            return await self.via_origin(Route(target, L7_SERVICE, port, True, (server.pid,)), L7_SERVICE)
         if target == "isthmus-pair":
             east = await self.start_gateway("isthmus-pair-eastwest", CLUSTER, workers=1, cpus=PROXY_CPUS)
             out = await self.start_gateway("isthmus-pair-outbound", OUT_CLUSTER, workers=1, cpus=PROXY_CPUS,
@@ -754,7 +768,10 @@ def build_payload(options: Options, samples: Sequence[Sample], unavailable: dict
         "Upstreams: haproxy-l7, isthmus-l7 and isthmus-pair forward to the h2c nghttpd; direct, haproxy-tcp and "
         "isthmus-passthrough reach the TLS nghttpd, which terminates the client's mutual TLS end to end. "
         "isthmus-pair: h2load speaks h2c to the outbound listener, which originates mutual TLS to the second "
-        "gateway's east-west listener.",
+        "gateway's east-west listener. h2-floor: the gateway's own HTTP/2 connection code (gateway.h2conn, TLS, "
+        "trio, a task per stream) with a handler that only forwards to the h2c nghttpd (no routing, policy, "
+        "balancer, timeouts, metrics or trace context): the floor under the L7 path, rated against haproxy-l7 "
+        "like isthmus-l7.",
         "The machine's 2 cores are shared with other work; figures are noisy.",
     ]
     contention = machine_contention()

@@ -1,4 +1,5 @@
-"""`isthmus bench gateway` as a user runs it, at a tiny duration against `direct` and `haproxy-tcp`:
+"""`isthmus bench gateway` as a user runs it, at a tiny duration against `direct`, `haproxy-tcp` and
+`h2-floor`:
 the JSON has the documented shape, every process it started is gone afterwards (Ctrl-C included),
 and bad options end with one line.
 """
@@ -33,14 +34,16 @@ def bench_argv(out: Path, *extra: str) -> list[str]:
 @needs_two_cpus
 def test_tiny_run_writes_every_run_with_cpu_per_request(tmp_path: Path) -> None:
     out = tmp_path / "gateway.json"
-    argv = bench_argv(out, "--duration", "0.3", "--rounds", "1", "--targets", "direct,haproxy-tcp")
-    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    argv = bench_argv(out, "--duration", "0.3", "--rounds", "1", "--targets", "direct,haproxy-tcp,h2-floor",
+                      "--no-workers-check")
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr
 
     payload = json.loads(out.read_text())
     assert {"machine", "date", "runs", "efficiency", "notes"} <= set(payload)
     runs = {(r["target"], r["body_bytes"], r["streams"]): r for r in payload["runs"]}
-    assert set(runs) == {(t, b, s) for t in ("direct", "haproxy-tcp") for b in (100, 65536) for s in (1, 50)}
+    targets = ("direct", "haproxy-tcp", "h2-floor")
+    assert set(runs) == {(t, b, s) for t in targets for b in (100, 65536) for s in (1, 50)}
     for run in payload["runs"]:
         assert set(run) == RUN_KEYS
         assert run["rps"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
@@ -49,7 +52,10 @@ def test_tiny_run_writes_every_run_with_cpu_per_request(tmp_path: Path) -> None:
         else:
             assert run["cpu_us_per_req"] > 0
     added = {(a["target"], a["body_bytes"]) for a in payload["efficiency"]["added_latency"]}
-    assert added == {("haproxy-tcp", 100), ("haproxy-tcp", 65536)}
+    assert added == {(t, b) for t in ("haproxy-tcp", "h2-floor") for b in (100, 65536)}
+    # The floor is measured beside the targets, not rated against a goal (haproxy-l7 did not run here).
+    assert not [e for e in payload["efficiency"]["cpu"] if e["target"] == "h2-floor"]
+    assert "not measured" not in payload["notes"]
     assert "mutual TLS originated" in payload["notes"]
     assert "haproxy-tcp" in result.stdout and "req/s" in result.stdout
 
@@ -98,5 +104,5 @@ def test_unknown_target_is_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "isthmus: error: --targets: 'nginx' is not one of direct, haproxy-l7, haproxy-tcp, isthmus-l7, "
-        "isthmus-passthrough, isthmus-pair"
+        "isthmus-passthrough, isthmus-pair, h2-floor"
     ]
