@@ -48,11 +48,15 @@ class Floor:
         if not stream.ended or self.upstream.closed:
             conn.send_headers(stream.id, BAD_GATEWAY, end_stream=True)
             return
-        out = await self.upstream.open_stream(
-            [(b":method", head[b":method"]), (b":scheme", b"http"), (b":authority", head[b":authority"]),
-             (b":path", head[b":path"])],
-            end_stream=True,
-        )
+        try:
+            out = await self.upstream.open_stream(
+                [(b":method", head[b":method"]), (b":scheme", b"http"), (b":authority", head[b":authority"]),
+                 (b":path", head[b":path"])],
+                end_stream=True,
+            )
+        except StreamReset:
+            conn.send_headers(stream.id, BAD_GATEWAY, end_stream=True)
+            return
         try:
             response = await out.receive_headers()
             conn.queue_headers(stream.id, [(n, v) for n, v in response if n[:1] != b":" or n == b":status"])

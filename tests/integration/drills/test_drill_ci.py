@@ -24,7 +24,9 @@ def report(directory: Path, name: str) -> dict:
 def test_a_short_zone_outage_moves_traffic_to_the_other_zone_and_back(drills_demo: Path, tmp_path: Path):
     # The shared demo's east-1 gateway must not carry an ejection of us-east-1a from an earlier test (ejection
     # time grows with each ejection): this module runs before the interrupt tests stop that zone.
-    result = isthmus("drill", "run", "zone-outage", "--attach", str(drills_demo), "--duration", "8",
+    # 12 s: the zone is back at 7.2 s, leaving the 5 s the return SLO allows (at 8 s only 3.2 s were left,
+    # and a loaded machine once needed more).
+    result = isthmus("drill", "run", "zone-outage", "--attach", str(drills_demo), "--duration", "12",
                      "--report", str(tmp_path))
     summary = report(tmp_path, "zone-outage")
     assert summary["measured"]["time_to_failover_s"] is not None
