@@ -11,8 +11,10 @@ the pure-Python HTTP/2 ceiling.
 It forwards what h2load sends (GET without a body) and answers anything else, or an upstream that
 is gone, with 502. Not part of the product: run by the benchmark only.
 
-    python benchmarks/h2floor.py --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT \\
-        --cert chain.pem --key key.pem --ca bundle.pem
+    python benchmarks/h2floor.py --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT --pki DIR --cluster NAME
+
+It presents the cluster's `gateway` identity from the mesh PKI at `--pki`, through the same TLS
+context the gateway builds (`certs.tls.server_context`), offering ALPN `h2` only.
 """
 
 from __future__ import annotations
@@ -23,20 +25,16 @@ import sys
 
 import trio
 
+from certs.errors import CertsError
+from certs.store import load_bundle, load_identity
+from certs.tls import server_context
+from gateway.errors import GatewayError
 from gateway.h2conn import H2Conn, H2Stream, StreamReset
 from gateway.net import SocketIO, connect, open_listener, set_nodelay, tls_stream
+from registry.errors import ValidationError
+from registry.model import parse_host_port
 
 BAD_GATEWAY = [(b":status", b"502"), (b"content-length", b"0")]
-
-
-def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_cert_chain(cert, key)
-    context.load_verify_locations(ca)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.set_alpn_protocols(["h2"])
-    return context
 
 
 class Floor:
@@ -45,7 +43,7 @@ class Floor:
 
     async def forward(self, conn: H2Conn, stream: H2Stream) -> None:
         head = dict(await stream.receive_headers())
-        if not stream.ended or self.upstream.closed:
+        if not stream.ended:  # a request body: not what this floor forwards
             conn.send_headers(stream.id, BAD_GATEWAY, end_stream=True)
             return
         try:
@@ -72,8 +70,8 @@ class Floor:
 
 
 async def serve(listen: tuple[str, int], upstream: tuple[str, int], context: ssl.SSLContext) -> None:
+    up = H2Conn(await connect(*upstream, timeout_s=5.0), client_side=True)
     async with trio.open_nursery() as nursery:
-        up = H2Conn(await connect(*upstream, timeout_s=5.0), client_side=True)
         await nursery.start(up.run)
         floor = Floor(up)
         listener = await open_listener(*listen)
@@ -90,25 +88,22 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], context: ssl
         await trio.serve_listeners(one, [listener], handler_nursery=nursery)
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", type=_address, required=True)
-    parser.add_argument("--upstream", type=_address, required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--ca", required=True)
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
+    parser.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the h2c upstream")
+    parser.add_argument("--pki", required=True, metavar="DIR", help="the mesh PKI directory")
+    parser.add_argument("--cluster", required=True, help="whose gateway identity to present")
     args = parser.parse_args(argv)
     try:
-        context = server_context(args.cert, args.key, args.ca)
-        trio.run(serve, args.listen, args.upstream, context)
+        listen = parse_host_port("--listen", args.listen)
+        upstream = parse_host_port("--upstream", args.upstream)
+        context = server_context(load_identity(args.pki, args.cluster, "gateway"), load_bundle(args.pki),
+                                 alpn=("h2",))
+        trio.run(serve, listen, upstream, context)
     except KeyboardInterrupt:
         return 0
-    except (OSError, ssl.SSLError) as exc:
+    except (CertsError, GatewayError, ValidationError, OSError, ssl.SSLError) as exc:
         print(f"h2floor: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -374,10 +374,8 @@ class Bench:
             return await self.via_origin(route, host)
         if target == "h2-floor":
             port = lt.free_port()
-            identity = self.pki.dir / "clusters" / CLUSTER / "identities" / "gateway"
             argv = [sys.executable, str(H2_FLOOR), "--listen", f"{HOST}:{port}", "--upstream", f"{HOST}:{self.up_h2c}",
-                    "--cert", str(identity / "chain.pem"), "--key", str(identity / "key.pem"),
-                    "--ca", str(self.pki.bundle)]
+                    "--pki", str(self.pki.dir), "--cluster", CLUSTER]
             server = await self.group.start(target, argv, cpus=PROXY_CPUS, ready_port=(HOST, port),
                                             env={"PYTHONPATH": str(REPO)})
             return await self.via_origin(Route(target, L7_SERVICE, port, True, (server.pid,)), L7_SERVICE)
